@@ -1,0 +1,20 @@
+# mmddaq: make install | make test | make demo | make benchmark
+# The environment lives outside the checkout so every clone reuses it;
+# override with MMDDAQ_VENV=/path/to/venv.
+MMDDAQ_VENV ?= $(HOME)/.cache/mmddaq/venv-py311-torch2.14.1
+PY := $(MMDDAQ_VENV)/bin/python
+export MMDDAQ_VENV
+
+.PHONY: install test demo benchmark
+
+install:
+	bash tools/install.sh
+
+test: install
+	$(PY) -m pytest tests -q -p no:cacheprovider
+
+demo: install
+	$(PY) tools/demo.py
+
+benchmark: install
+	$(PY) tools/benchmark.py --suite digits --out docs/benchmarks/digits.json

@@ -1,0 +1,51 @@
+# DDAQ W4A4 of the digits ResNet-18 (all layers at 4 bits, GDFQ convention).
+#   python tools/train.py configs/fp_resnet18-w16_digits.py     # FP model
+#   python tools/train.py configs/ddaq_resnet18-w16_digits_w4a4.py
+# Only the test split is used, for evaluation; training sees no data.
+_base_ = [
+    './_base_/models/resnet18-w16_digits.py',
+    './_base_/datasets/digits.py',
+    'mmpretrain::_base_/default_runtime.py',
+    './_base_/schedules/ddaq_runtime.py',
+]
+fp_checkpoint = 'work_dirs/fp_resnet18-w16_digits/epoch_15.pth'
+w_bits = 4
+a_bits = 4
+
+model = dict(
+    _delete_=True,
+    type='mmddaq.DDAQ',
+    architecture=dict(
+        {{_base_.model}}, data_preprocessor={{_base_.data_preprocessor}}),
+    fp_checkpoint=fp_checkpoint,
+    input_shape=(3, 32, 32),
+    quantizer=dict(
+        type='mmddaq.ModelQuantizer',
+        w_bits=w_bits,
+        a_bits=a_bits,
+        weight_quantizer=dict(symmetric=False),
+        act_quantizer=dict(momentum=0.9)),
+    generator=dict(
+        type='mmddaq.Generator', img_size=32, num_classes=10,
+        latent_dim=64, base_channels=64),
+    adapter=dict(type='mmddaq.ClassifierAdapter', kd_temperature=1.0),
+    loss_weights=dict(ce=1.0, bns=0.1, dis=1.0, kd=1.0, q_dis=1.0))
+
+optim_wrapper = dict(
+    constructor='mmddaq.SubmoduleOptimWrapperConstructor',
+    generator=dict(optimizer=dict(type='Adam', lr=1e-3, betas=(0.5, 0.999))),
+    quantized=dict(optimizer=dict(type='Adam', lr=1e-4)))
+
+train_cfg = dict(
+    type='mmddaq.DataFreeTrainLoop',
+    max_iters=400,
+    batch_size=64,
+    warmup_iters=50,
+    val_interval=200)
+
+custom_hooks = [
+    dict(type='mmddaq.LayerImportanceHook',
+         method=dict(type='HessianImportance')),
+    dict(type='mmddaq.ActivationCalibrationHook', calib_iters=50),
+    dict(type='mmddaq.GeneratedSamplesHook', interval=200, num_samples=40),
+]

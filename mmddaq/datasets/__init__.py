@@ -1,0 +1,3 @@
+from .digits import DigitsDataset, load_digits_split
+
+__all__ = ['DigitsDataset', 'load_digits_split']

@@ -1,0 +1,49 @@
+"""Calibrate activation ranges for a while, then freeze them."""
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+
+from mmddaq.quantization import calibrate_activations, freeze_activations
+from mmddaq.registry import HOOKS
+
+
+@HOOKS.register_module()
+class ActivationCalibrationHook(Hook):
+    """Let activation ranges follow the data for ``calib_iters`` iterations.
+
+    During the window each batch updates the EMA min/max of every
+    activation quantizer; afterwards ranges are frozen (and learnable steps
+    start from them). The state is part of the model's ``state_dict``, so a
+    resumed run continues where it stopped.
+
+    Args:
+        calib_iters (int): Length of the calibration window in iterations.
+    """
+
+    priority = 'ABOVE_NORMAL'
+
+    def __init__(self, calib_iters: int = 100) -> None:
+        if calib_iters < 1:
+            raise ValueError(f'calib_iters must be >= 1, got {calib_iters}')
+        self.calib_iters = calib_iters
+
+    @staticmethod
+    def _quantized(runner):
+        model = runner.model.module if is_model_wrapper(runner.model) \
+            else runner.model
+        return model.quantized
+
+    def before_train(self, runner) -> None:
+        if runner.iter < self.calib_iters:
+            calibrate_activations(self._quantized(runner))
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None,
+                         outputs=None) -> None:
+        if runner.iter + 1 == self.calib_iters:
+            freeze_activations(self._quantized(runner))
+            runner.logger.info(
+                f'Activation ranges frozen after {self.calib_iters} '
+                'calibration iterations.')
+
+    def after_train(self, runner) -> None:
+        # a run shorter than the window still ends with frozen ranges
+        freeze_activations(self._quantized(runner))

@@ -1,0 +1,159 @@
+"""The data-free training loop."""
+from typing import Optional, Sequence, Union
+
+from mmengine.runner.base_loop import BaseLoop
+from torch.utils.data import DataLoader
+
+from mmddaq.registry import LOOPS
+
+
+class GeneratedBatches:
+    """Stand-in for a train dataloader when batches are generated.
+
+    It holds no data; it only tells MMEngine's logging how many
+    iterations an "epoch" has and what the batches look like.
+
+    Args:
+        batch_size (int): Generated samples per iteration.
+        num_iters (int): Iterations of the whole run.
+    """
+
+    def __init__(self, batch_size: int, num_iters: int) -> None:
+        self.batch_size = batch_size
+        self.num_iters = num_iters
+        self.dataset = _NoDataset()
+
+    def __len__(self) -> int:
+        return self.num_iters
+
+
+class _NoDataset:
+    metainfo: dict = {}
+
+    def __len__(self) -> int:
+        return 0
+
+
+@LOOPS.register_module()
+class DataFreeTrainLoop(BaseLoop):
+    """Iteration-based training on generated batches (no dataset needed).
+
+    Each iteration hands the model a *step plan* instead of a data batch::
+
+        dict(batch_size=..., update_generator=bool, update_quantized=bool)
+
+    The generator is updated every ``generator_interval`` iterations; the
+    quantized model every ``quantized_interval`` iterations once the
+    ``warmup_iters`` generator-only iterations are over. If a real
+    ``dataloader`` is given (QAT baseline), its batches are used instead.
+
+    Args:
+        runner (Runner): The runner.
+        max_iters (int): Total iterations.
+        batch_size (int): Generated samples per iteration. Defaults to 64.
+        warmup_iters (int): Iterations that update only the generator.
+        generator_interval (int): Update the generator every n iterations.
+        quantized_interval (int): Update the quantized model every n
+            iterations (after warm-up).
+        val_begin (int): First iteration that may run validation.
+        val_interval (int): Validate every n iterations.
+        dataloader (DataLoader | dict, optional): Real training data, for
+            the QAT baseline only.
+    """
+
+    def __init__(self,
+                 runner,
+                 max_iters: int,
+                 batch_size: int = 64,
+                 warmup_iters: int = 0,
+                 generator_interval: int = 1,
+                 quantized_interval: int = 1,
+                 val_begin: int = 1,
+                 val_interval: int = 1000,
+                 dataloader: Optional[Union[DataLoader, dict]] = None) -> None:
+        for name, value in (('max_iters', max_iters),
+                            ('batch_size', batch_size),
+                            ('generator_interval', generator_interval),
+                            ('quantized_interval', quantized_interval),
+                            ('val_interval', val_interval)):
+            if int(value) < 1:
+                raise ValueError(f'{name} must be >= 1, got {value}')
+        if warmup_iters < 0 or warmup_iters > max_iters:
+            raise ValueError(f'warmup_iters must be in [0, max_iters], '
+                             f'got {warmup_iters}')
+        self.real_data = bool(dataloader)
+        if self.real_data:
+            super().__init__(runner, dataloader)
+        else:
+            self._runner = runner
+            self.dataloader = GeneratedBatches(batch_size, max_iters)
+        self._max_iters = int(max_iters)
+        self._iter = 0
+        self._epoch = 0
+        self.batch_size = int(batch_size)
+        self.warmup_iters = int(warmup_iters)
+        self.generator_interval = int(generator_interval)
+        self.quantized_interval = int(quantized_interval)
+        self.val_begin = val_begin
+        self.val_interval = val_interval
+        self.stop_training = False
+
+    @property
+    def max_epochs(self) -> int:
+        return 1
+
+    @property
+    def max_iters(self) -> int:
+        return self._max_iters
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @property
+    def iter(self) -> int:
+        return self._iter
+
+    def plan(self, it: int) -> dict:
+        """Step plan of iteration ``it`` (0-based)."""
+        return dict(
+            batch_size=self.batch_size,
+            update_generator=it % self.generator_interval == 0,
+            update_quantized=it >= self.warmup_iters
+            and it % self.quantized_interval == 0)
+
+    def _real_batches(self):
+        while True:
+            yield from self.dataloader
+
+    def run(self):
+        """Run the whole training."""
+        self.runner.call_hook('before_train')
+        self.runner.call_hook('before_train_epoch')
+        real = self._real_batches() if self.real_data else None
+        while self._iter < self._max_iters and not self.stop_training:
+            self.runner.model.train()
+            data = next(real) if real is not None else self.plan(self._iter)
+            self.run_iter(data)
+            if (self.runner.val_loop is not None
+                    and self._iter >= self.val_begin
+                    and (self._iter % self.val_interval == 0
+                         or self._iter == self._max_iters)):
+                self.runner.val_loop.run()
+        self.runner.call_hook('after_train_epoch')
+        self.runner.call_hook('after_train')
+        return self.runner.model
+
+    def run_iter(self, data: Union[dict, Sequence]) -> None:
+        """One iteration: hooks around the model's ``train_step``."""
+        batch_idx = self._iter
+        self.runner.call_hook(
+            'before_train_iter', batch_idx=batch_idx, data_batch=data)
+        outputs = self.runner.model.train_step(
+            data, optim_wrapper=self.runner.optim_wrapper)
+        self.runner.call_hook(
+            'after_train_iter',
+            batch_idx=batch_idx,
+            data_batch=data,
+            outputs=outputs)
+        self._iter += 1

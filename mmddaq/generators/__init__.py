@@ -1,0 +1,3 @@
+from .generator import Generator
+
+__all__ = ['Generator']

@@ -1,0 +1,103 @@
+"""D1: the BatchNorm-statistics discriminator."""
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from mmddaq.registry import MODELS
+
+
+def batchnorm_layers(model: nn.Module) -> List[str]:
+    """Names of the BatchNorm layers of ``model`` that track statistics."""
+    return [
+        name for name, m in model.named_modules()
+        if isinstance(m, _BatchNorm) and m.track_running_stats
+        and m.running_mean is not None
+    ]
+
+
+@MODELS.register_module()
+class BNStatisticsLoss(nn.Module):
+    """Distance between batch statistics and a model's BN running statistics.
+
+    Hooks on the inputs of the full-precision model's BatchNorm layers
+    record the per-channel mean and variance of each batch; the loss is
+
+    ``sum_l w_l (||mu_l(x) - mu_l||_2 + ||var_l(x) - var_l||_2) / L``
+
+    with layer weights ``w_l`` (the layer importance of the conv feeding
+    the BN, mean 1; all ones by default). It tells the generator how far a
+    batch is from looking like the data the model was trained on.
+
+    Args:
+        model (nn.Module): The full-precision model.
+        layers (list[str], optional): BN layers to use; all by default.
+        loss_weight (float): Multiplier of the loss. Defaults to 1.
+    """
+
+    def __init__(self,
+                 model: nn.Module,
+                 layers: Optional[List[str]] = None,
+                 loss_weight: float = 1.0) -> None:
+        super().__init__()
+        self.layer_names = list(layers) if layers else batchnorm_layers(model)
+        if not self.layer_names:
+            raise ValueError(
+                f'{type(model).__name__} has no BatchNorm layers with running '
+                'statistics, so the BN-statistics discriminator (D1) has '
+                'nothing to match. Disable it (loss weight bns=0) or use a '
+                'model with BatchNorm.')
+        self.loss_weight = loss_weight
+        self.layer_weights: Dict[str, float] = {
+            n: 1.0
+            for n in self.layer_names
+        }
+        self._stats: Dict[str, tuple] = {}
+        modules = dict(model.named_modules())
+        self._bns = {n: modules[n] for n in self.layer_names}
+        self._handles = [
+            modules[n].register_forward_hook(self._make_hook(n))
+            for n in self.layer_names
+        ]
+        self.enabled = False
+
+    def _make_hook(self, name):
+
+        def hook(module, inputs, output):
+            if not self.enabled:
+                return
+            x = inputs[0]
+            dims = [0] + list(range(2, x.dim()))
+            var, mean = torch.var_mean(x, dim=dims, unbiased=False)
+            self._stats[name] = (mean, var)
+
+        return hook
+
+    def set_layer_weights(self, weights: Dict[str, float]) -> None:
+        """Set per-BN-layer weights (missing layers keep weight 1)."""
+        self.layer_weights = {
+            n: float(weights.get(n, 1.0))
+            for n in self.layer_names
+        }
+
+    def remove(self) -> None:
+        """Detach the hooks from the model."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def forward(self) -> torch.Tensor:
+        """Loss of the batch seen by the last recorded forward pass."""
+        if not self._stats:
+            raise RuntimeError(
+                'BNStatisticsLoss saw no forward pass: enable it and run '
+                'the full-precision model first.')
+        total = 0.
+        for name, (mean, var) in self._stats.items():
+            bn = self._bns[name]
+            dist = torch.norm(mean - bn.running_mean) + \
+                torch.norm(var - bn.running_var)
+            total = total + self.layer_weights[name] * dist
+        self._stats = {}
+        return self.loss_weight * total / len(self.layer_names)

@@ -1,0 +1,3 @@
+from .classifier import ClassifierAdapter
+
+__all__ = ['ClassifierAdapter']

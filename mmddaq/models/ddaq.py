@@ -1,0 +1,355 @@
+"""The DDAQ algorithm: FP model, quantized model and generator together."""
+import copy
+from typing import Dict, List, Optional, Union
+
+import torch
+from mmengine.model import BaseModel
+from mmengine.optim import OptimWrapperDict
+from mmengine.registry import MODELS as ROOT_MODELS
+from torch import nn
+
+from mmddaq.importance import layer_of_each_bn, tap_weights
+from mmddaq.losses import BNStatisticsLoss, DiscrepancyLoss
+from mmddaq.quantization import observation_disabled, quantized_layers
+from mmddaq.registry import MODELS
+from mmddaq.utils.checkpoint import load_checkpoint_safe
+from .recorder import OutputRecorder
+
+DEFAULT_LOSS_WEIGHTS = dict(ce=1.0, bns=0.1, dis=1.0, kd=1.0, q_dis=1.0)
+
+
+def _freeze(module: nn.Module) -> None:
+    for p in module.parameters():
+        p.requires_grad_(False)
+
+
+def _load_fp_weights(model: nn.Module, checkpoint: str) -> None:
+    """Load a float checkpoint, refusing any key mismatch with a clear error."""
+    ckpt = load_checkpoint_safe(checkpoint, map_location='cpu')
+    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f'{checkpoint} holds no state_dict')
+    state = {k[7:] if k.startswith('module.') else k: v
+             for k, v in state.items()}
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f'{k}: checkpoint {tuple(state[k].shape)} vs model '
+        f'{tuple(own[k].shape)}' for k in own
+        if k in state and hasattr(state[k], 'shape')
+        and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f'Checkpoint "{checkpoint}" does not match the model of the '
+            f'config ({type(model).__name__}): '
+            f'{len(missing)} missing keys {missing[:5]}, '
+            f'{len(unexpected)} unexpected keys {unexpected[:5]}, '
+            f'{len(shapes)} shape mismatches {shapes[:3]}')
+    model.load_state_dict(state, strict=True)
+
+
+@MODELS.register_module()
+class DDAQ(BaseModel):
+    """Dual-discriminator adversarial quantization of an OpenMMLab model.
+
+    Holds the frozen full-precision model ``fp_model``, its fake-quantized
+    copy ``quantized`` and the ``generator``. One :meth:`train_step` draws
+    one batch of synthetic inputs that feeds both updates:
+
+    - generator: ``L_G = ce * CE + bns * L_BNS - dis * L_DIS`` (D1 is the
+      BN-statistics loss, D2 the importance-weighted FP/quantized
+      discrepancy; CE only for class-conditional generators);
+    - quantized model: ``L_Q = kd * KD + q_dis * L_DIS``, with the FP
+      outputs of the generator step reused, not recomputed.
+
+    Setting a weight to 0 removes its term (and its computation), which
+    gives the baselines and ablations: GDFQ-style (``dis=q_dis=0``),
+    without D1 (``bns=0``). Without a generator the inputs are Gaussian
+    noise (``sample_source='gaussian'``, naive PTQ calibration), a fixed
+    pool of distilled images (``'pool'``, ZeroQ-style) or, when the loop
+    feeds real batches, real data (QAT with KD).
+
+    Validation and testing run the quantized model (or the FP one with
+    ``eval_model='fp'``) exactly as the original model would.
+
+    Args:
+        architecture (dict): Config of the full-precision model (an
+            mmpretrain classifier or an mmdet detector).
+        quantizer (dict): Config of the :class:`ModelQuantizer`.
+        adapter (dict): Config of the task adapter.
+        generator (dict, optional): Config of the :class:`Generator`.
+        fp_checkpoint (str, optional): Weights of the FP model. Keys must
+            match the architecture exactly.
+        input_shape (tuple): ``(C, H, W)`` of one model input.
+        loss_weights (dict): ``ce``, ``bns``, ``dis``, ``kd``, ``q_dis``.
+        sample_source (str): ``'generator'``, ``'gaussian'`` or ``'pool'``.
+        eval_model (str): ``'quantized'`` or ``'fp'``.
+        data_preprocessor (dict, optional): Defaults to the architecture's.
+        init_cfg (dict, optional): Initialisation config.
+    """
+
+    def __init__(self,
+                 architecture: dict,
+                 quantizer: dict,
+                 adapter: dict = dict(type='mmddaq.ClassifierAdapter'),
+                 generator: Optional[dict] = None,
+                 fp_checkpoint: Optional[str] = None,
+                 input_shape=(3, 32, 32),
+                 loss_weights: Optional[dict] = None,
+                 sample_source: str = 'generator',
+                 eval_model: str = 'quantized',
+                 data_preprocessor: Optional[dict] = None,
+                 init_cfg: Optional[dict] = None) -> None:
+        architecture = copy.deepcopy(architecture)
+        if data_preprocessor is None:
+            data_preprocessor = architecture.get('data_preprocessor')
+        super().__init__(
+            data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        unknown = set(loss_weights or {}) - set(DEFAULT_LOSS_WEIGHTS)
+        if unknown:
+            raise ValueError(f'unknown loss_weights {sorted(unknown)}; known: '
+                             f'{sorted(DEFAULT_LOSS_WEIGHTS)}')
+        self.loss_weights = dict(DEFAULT_LOSS_WEIGHTS, **(loss_weights or {}))
+        if sample_source not in ('generator', 'gaussian', 'pool'):
+            raise ValueError(f'unknown sample_source "{sample_source}"')
+        if eval_model not in ('quantized', 'fp'):
+            raise ValueError(f'eval_model must be quantized/fp, '
+                             f'got "{eval_model}"')
+        self.sample_source = sample_source
+        self.eval_model = eval_model
+        self.input_shape = tuple(input_shape)
+
+        self.fp_model = ROOT_MODELS.build(architecture)
+        if fp_checkpoint:
+            _load_fp_weights(self.fp_model, fp_checkpoint)
+        _freeze(self.fp_model)
+        self.fp_model.eval()
+        self.quantizer = MODELS.build(quantizer)
+        self.quantized = self.quantizer.quantize(self.fp_model)
+        for p in self.quantized.parameters():
+            p.requires_grad_(True)
+        self.adapter = MODELS.build(adapter)
+
+        self.generator = None
+        if generator is not None and sample_source == 'generator':
+            self.generator = MODELS.build(generator)
+        elif sample_source == 'generator':
+            raise ValueError('sample_source="generator" needs a generator')
+        self.register_buffer('sample_pool', torch.empty(0))
+
+        self.taps = self.adapter.default_taps(self.fp_model)
+        self.bns_loss = BNStatisticsLoss(self.fp_model) \
+            if self.loss_weights['bns'] > 0 else None
+        self.dis_loss = DiscrepancyLoss(self.taps)
+        self._fp_rec = OutputRecorder(self.fp_model, self.taps)
+        self._q_rec = OutputRecorder(self.quantized, self.taps)
+        self.layer_importance: Dict[str, float] = {}
+
+    # ------------------------------------------------------------------
+    # state that is not a tensor: layer importance travels in checkpoints
+    def get_extra_state(self):
+        return dict(layer_importance=dict(self.layer_importance))
+
+    def set_extra_state(self, state) -> None:
+        if state and state.get('layer_importance'):
+            self.set_layer_importance(state['layer_importance'])
+
+    def set_layer_importance(self, importance: Dict[str, float]) -> None:
+        """Use ``importance`` (layer name -> weight, mean 1) in D1 and D2.
+
+        Each BN layer inherits the weight of the conv that feeds it; each
+        tap the mean weight of the layers inside it.
+        """
+        names = {n for n, _ in quantized_layers(self.quantized)}
+        unknown = sorted(set(importance) - names)
+        if unknown:
+            raise ValueError(f'importance names unknown layers {unknown[:5]}')
+        self.layer_importance = {k: float(v) for k, v in importance.items()}
+        self.dis_loss.set_tap_weights(
+            tap_weights(self.layer_importance, self.taps))
+        if self.bns_loss is not None:
+            device = self.device_of()
+            x = torch.randn(2, *self.input_shape, device=device)
+            mapping = layer_of_each_bn(
+                self.fp_model, lambda: self.adapter.forward(self.fp_model, x),
+                list(self.layer_importance))
+            self.bns_loss.set_layer_weights({
+                bn: self.layer_importance[layer]
+                for bn, layer in mapping.items()
+            })
+
+    def device_of(self) -> torch.device:
+        """The device of the quantized model's parameters."""
+        return next(self.quantized.parameters()).device
+
+    def train(self, mode: bool = True):
+        """Only the generator trains; both models keep BN statistics frozen."""
+        super().train(mode)
+        self.fp_model.eval()
+        self.quantized.eval()
+        return self
+
+    # ------------------------------------------------------------------
+    def sample_inputs(self, batch_size: int):
+        """Draw one batch of synthetic inputs from the sample source.
+
+        Returns:
+            tuple[Tensor, Tensor | None]: Inputs (with gradient to the
+            generator when it is used) and generator labels or None.
+        """
+        device = self.device_of()
+        if self.sample_source == 'generator':
+            z, labels = self.generator.sample_noise(batch_size, device)
+            return self.generator(z, labels), labels
+        if self.sample_source == 'gaussian':
+            return torch.randn(batch_size, *self.input_shape,
+                               device=device), None
+        if self.sample_pool.numel() == 0:
+            raise RuntimeError(
+                'sample_source="pool" but the sample pool is empty: add '
+                'DistilledSamplesHook to custom_hooks.')
+        idx = torch.randint(0, len(self.sample_pool), (batch_size, ))
+        return self.sample_pool[idx.to(self.sample_pool.device)], None
+
+    @torch.no_grad()
+    def generate(self, batch_size: int) -> torch.Tensor:
+        """Synthetic inputs for visualisation (normalised input space)."""
+        training = self.training
+        self.eval()
+        try:
+            x, _ = self.sample_inputs(batch_size)
+        finally:
+            self.train(training)
+        return x
+
+    def _losses_on(self, x, labels, need_dis_grad: bool):
+        """Forward both models on ``x`` and compute every active loss."""
+        w = self.loss_weights
+        if self.bns_loss is not None:
+            self.bns_loss.enabled = True
+        try:
+            fp_out = self.adapter.forward(self.fp_model, x)
+        finally:
+            if self.bns_loss is not None:
+                self.bns_loss.enabled = False
+        fp_feats = self._fp_rec.pop()
+        q_out = self.adapter.forward(self.quantized, x)
+        q_feats = self._q_rec.pop()
+        losses = {}
+        if self.bns_loss is not None and x.requires_grad:
+            losses['loss_bns'] = self.bns_loss()
+        if labels is not None and w['ce'] > 0 and x.requires_grad:
+            losses['loss_ce'] = self.adapter.task_loss(fp_out, labels)
+        if need_dis_grad:
+            losses['loss_dis'] = self.dis_loss(fp_feats, q_feats)
+        fp_feats_d = {k: _detach(v) for k, v in fp_feats.items()}
+        losses['loss_kd'] = self.adapter.distill_loss(_detach(fp_out), q_out)
+        if w['q_dis'] > 0:
+            losses['loss_q_dis'] = self.dis_loss(fp_feats_d, q_feats)
+        return fp_out, q_out, losses
+
+    def train_step(self, data: Union[dict, list],
+                   optim_wrapper: OptimWrapperDict) -> Dict[str, torch.Tensor]:
+        """One DDAQ iteration.
+
+        Args:
+            data (dict): Either a step plan from
+                :class:`DataFreeTrainLoop` (``batch_size``,
+                ``update_generator``, ``update_quantized``) or a real batch
+                (``inputs``/``data_samples``) for QAT.
+            optim_wrapper (OptimWrapperDict): Wrappers ``generator`` (if a
+                generator is used) and ``quantized``.
+
+        Returns:
+            dict[str, Tensor]: Logged losses.
+        """
+        w = self.loss_weights
+        if isinstance(data, dict) and 'batch_size' in data:
+            update_g = bool(data.get('update_generator', True)) and \
+                self.generator is not None
+            update_q = bool(data.get('update_quantized', True))
+            x, labels = self.sample_inputs(int(data['batch_size']))
+            if not update_g:
+                x = x.detach()
+        else:  # a real batch: QAT with KD
+            update_g, labels = False, None
+            x = self.data_preprocessor(data, True)['inputs']
+        need_dis_grad = update_g and w['dis'] > 0
+
+        g_params = list(self.generator.parameters()) if update_g else []
+        q_params = [p for p in self.quantized.parameters() if p.requires_grad]
+        fp_out, q_out, losses = self._losses_on(x, labels, need_dis_grad)
+
+        log_vars = {}
+        if update_g:
+            loss_g = x.new_zeros(())
+            for key, weight in (('loss_ce', w['ce']), ('loss_bns', w['bns'])):
+                if key in losses:
+                    loss_g = loss_g + weight * losses[key]
+            if need_dis_grad:
+                loss_g = loss_g - w['dis'] * losses['loss_dis']
+            ow = optim_wrapper['generator']
+            ow.backward(loss_g, inputs=g_params, retain_graph=update_q)
+            log_vars['loss_g'] = loss_g.detach()
+        loss_q = w['kd'] * losses['loss_kd']
+        if 'loss_q_dis' in losses:
+            loss_q = loss_q + w['q_dis'] * losses['loss_q_dis']
+        if update_q:
+            optim_wrapper['quantized'].backward(loss_q, inputs=q_params)
+        if update_g:
+            optim_wrapper['generator'].step()
+            optim_wrapper['generator'].zero_grad()
+        if update_q:
+            optim_wrapper['quantized'].step()
+            optim_wrapper['quantized'].zero_grad()
+        log_vars['loss_q'] = loss_q.detach()
+        log_vars.update({k: v.detach() for k, v in losses.items()})
+        if hasattr(self.adapter, 'agreement'):
+            log_vars['agree'] = self.adapter.agreement(
+                fp_out.detach(), q_out.detach())
+        for k, v in log_vars.items():
+            if not torch.isfinite(v).all():
+                raise FloatingPointError(
+                    f'{k} became {float(v)} at this iteration: training '
+                    'diverged. Lower the learning rates or loss weights; the '
+                    'last checkpoint saved before this point is intact.')
+        return log_vars
+
+    # ------------------------------------------------------------------
+    def _eval_target(self) -> nn.Module:
+        return self.quantized if self.eval_model == 'quantized' \
+            else self.fp_model
+
+    def init_weights(self) -> None:
+        """Initialise the generator only: both models already hold weights."""
+        if self.generator is not None:
+            self.generator.init_weights()
+        self._is_init = True
+
+    def val_step(self, data) -> list:
+        """Evaluate on real data without letting it touch activation ranges."""
+        with observation_disabled(self.quantized):
+            return self._eval_target().val_step(data)
+
+    def test_step(self, data) -> list:
+        with observation_disabled(self.quantized):
+            return self._eval_target().test_step(data)
+
+    def forward(self, inputs, data_samples=None, mode: str = 'tensor'):
+        with observation_disabled(self.quantized):
+            return self._eval_target()(inputs, data_samples, mode=mode)
+
+
+def _detach(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_detach(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _detach(v) for k, v in value.items()}
+    return value
+
+
+__all__: List[str] = ['DDAQ']

@@ -1,0 +1,48 @@
+"""Record intermediate outputs of named submodules with forward hooks."""
+from typing import Dict, List, Sequence
+
+from torch import nn
+
+
+class OutputRecorder:
+    """Keep the latest output of each named submodule of a model.
+
+    Hooks are attached once and stay until :meth:`remove`; each forward
+    overwrites the stored outputs, so a recorder never grows.
+
+    Args:
+        model (nn.Module): The model to watch.
+        names (Sequence[str]): Names of submodules (``model.named_modules``).
+    """
+
+    def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
+        self.names: List[str] = list(names)
+        self.outputs: Dict[str, object] = {}
+        modules = dict(model.named_modules())
+        missing = [n for n in self.names if n not in modules]
+        if missing:
+            raise ValueError(
+                f'{type(model).__name__} has no submodule(s) {missing} to '
+                'record outputs from.')
+        self._handles = [
+            modules[n].register_forward_hook(self._make_hook(n))
+            for n in self.names
+        ]
+
+    def _make_hook(self, name: str):
+
+        def hook(module, inputs, output):
+            self.outputs[name] = output
+
+        return hook
+
+    def pop(self) -> Dict[str, object]:
+        """Return the recorded outputs and forget them."""
+        outputs, self.outputs = self.outputs, {}
+        return outputs
+
+    def remove(self) -> None:
+        """Detach the hooks."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []

@@ -1,0 +1,131 @@
+"""Rounding with a straight-through estimator and the quantization grid.
+
+This file holds the arithmetic only: how a real tensor is mapped onto an
+integer grid and back. Where the range comes from lives in ``observers.py``;
+which tensors get quantized lives in ``quantizers.py`` and ``modules.py``.
+"""
+from typing import Tuple
+
+import torch
+
+#: Bit-widths a quantizer accepts; 16 means "leave in floating point".
+SUPPORTED_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
+PASS_THROUGH_BITS = 16
+
+
+def check_bits(bits: int, what: str = 'bit-width') -> int:
+    """Validate a bit-width and return it.
+
+    Args:
+        bits (int): Requested number of bits.
+        what (str): What the bits are for, used in the error message.
+
+    Returns:
+        int: ``bits`` unchanged.
+    """
+    if isinstance(bits, bool) or not isinstance(bits, int) \
+            or bits not in SUPPORTED_BITS:
+        raise ValueError(
+            f'Unsupported {what} {bits!r}: mmddaq quantizes to 2-8 bits, '
+            f'and 16 means pass-through (floating point).')
+    return bits
+
+
+def quant_range(bits: int, symmetric: bool) -> Tuple[int, int]:
+    """Integer range ``(qmin, qmax)`` of a ``bits``-bit grid.
+
+    Args:
+        bits (int): Number of bits.
+        symmetric (bool): Signed grid centred on zero if True, unsigned
+            grid with a zero point otherwise.
+
+    Returns:
+        tuple[int, int]: The smallest and largest integer level.
+    """
+    if symmetric:
+        return -(2**(bits - 1)), 2**(bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+class _RoundSTE(torch.autograd.Function):
+    """Round in the forward pass, identity in the backward pass."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round ``x`` with a straight-through gradient."""
+    return _RoundSTE.apply(x)
+
+
+def scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """Return ``x`` unchanged whose gradient is multiplied by ``factor``."""
+    return (x - x * factor).detach() + x * factor
+
+
+def calc_qparams(min_val: torch.Tensor, max_val: torch.Tensor, bits: int,
+                 symmetric: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point that map ``[min_val, max_val]`` onto the grid.
+
+    The range is widened to include zero so that zero is exactly
+    representable (zero padding and ReLU outputs stay exact).
+
+    Args:
+        min_val (Tensor): Minimum, per channel or a scalar.
+        max_val (Tensor): Maximum, same shape as ``min_val``.
+        bits (int): Number of bits.
+        symmetric (bool): Whether the grid is symmetric around zero.
+
+    Returns:
+        tuple[Tensor, Tensor]: ``scale`` (float) and ``zero_point``
+        (float holding integer values), shaped like ``min_val``.
+    """
+    qmin, qmax = quant_range(bits, symmetric)
+    min_val = torch.clamp(min_val, max=0.)
+    max_val = torch.clamp(max_val, min=0.)
+    eps = torch.finfo(torch.float32).eps
+    if symmetric:
+        absmax = torch.maximum(-min_val, max_val)
+        scale = torch.clamp(absmax / ((qmax - qmin) / 2), min=eps)
+        zero_point = torch.zeros_like(scale)
+    else:
+        scale = torch.clamp((max_val - min_val) / (qmax - qmin), min=eps)
+        zero_point = torch.clamp(qmin - torch.round(min_val / scale), qmin,
+                                 qmax)
+    return scale, zero_point
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor,
+                  zero_point: torch.Tensor, bits: int,
+                  symmetric: bool) -> torch.Tensor:
+    """Quantize and dequantize ``x`` (straight-through rounding).
+
+    ``scale`` and ``zero_point`` must broadcast against ``x``. Gradients
+    reach ``x`` where it lies inside the grid's range (clipped values get
+    none) and reach ``scale`` if it requires grad (LSQ-style learning).
+
+    Args:
+        x (Tensor): Tensor to quantize.
+        scale (Tensor): Step size of the grid.
+        zero_point (Tensor): Integer level that represents 0.
+        bits (int): Number of bits.
+        symmetric (bool): Whether the grid is symmetric around zero.
+
+    Returns:
+        Tensor: ``x`` rounded to the grid, in real units.
+    """
+    qmin, qmax = quant_range(bits, symmetric)
+    zero_point = zero_point.detach()
+    v = x / scale + zero_point
+    # Clip with an explicit mask: gradient 1 on the whole closed range
+    # [qmin, qmax] (torch.clamp gives 0 exactly at the bounds), 0 outside.
+    inside = (v >= qmin) & (v <= qmax)
+    v = torch.where(inside, v, v.detach().clamp(qmin, qmax))
+    q = round_ste(v)
+    return (q - zero_point) * scale

@@ -1,0 +1,191 @@
+"""Fake quantizers for weights and activations.
+
+A quantizer owns its range (an observer or a learnable step) and applies
+:func:`fake_quantize`. It knows nothing about the layer it serves.
+"""
+import math
+
+import torch
+from torch import nn
+
+from mmddaq.registry import MODELS
+from .fake_quant import (PASS_THROUGH_BITS, calc_qparams, check_bits,
+                         fake_quantize, quant_range, scale_grad)
+from .observers import EMAMinMaxObserver, minmax
+
+
+@MODELS.register_module()
+class WeightQuantizer(nn.Module):
+    """Per-output-channel min-max fake quantizer for weights.
+
+    Args:
+        bits (int): Bit-width, 2-8, or 16 for pass-through. Defaults to 4.
+        symmetric (bool): Symmetric signed grid if True, asymmetric with a
+            zero point otherwise. Defaults to False.
+        per_channel (bool): One range per output channel (axis 0) if True,
+            one for the whole tensor otherwise. Defaults to True.
+        learnable (bool): Learn the step size (LSQ) starting from the
+            min-max step. Requires :meth:`init_from` before use.
+            Defaults to False.
+    """
+
+    def __init__(self,
+                 bits: int = 4,
+                 symmetric: bool = False,
+                 per_channel: bool = True,
+                 learnable: bool = False) -> None:
+        super().__init__()
+        self.bits = check_bits(bits, 'weight bit-width')
+        self.symmetric = symmetric
+        self.per_channel = per_channel
+        self.learnable = learnable
+        self.scale = None
+
+    @property
+    def enabled(self) -> bool:
+        """bool: False when the quantizer passes weights through."""
+        return self.bits != PASS_THROUGH_BITS
+
+    def _qparams(self, weight: torch.Tensor):
+        ch_axis = 0 if self.per_channel else None
+        min_val, max_val = minmax(weight, ch_axis)
+        return calc_qparams(min_val, max_val, self.bits, self.symmetric)
+
+    def _broadcast(self, t: torch.Tensor, weight: torch.Tensor):
+        if t.dim() == 0 or not self.per_channel:
+            return t
+        return t.reshape(-1, *([1] * (weight.dim() - 1)))
+
+    @torch.no_grad()
+    def init_from(self, weight: torch.Tensor) -> None:
+        """Create the learnable step from the weight's min-max range.
+
+        Args:
+            weight (Tensor): The weight this quantizer will serve.
+        """
+        if self.learnable and self.enabled:
+            scale, _ = self._qparams(weight)
+            self.scale = nn.Parameter(scale.clone())
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        """Fake-quantize ``weight``."""
+        if not self.enabled:
+            return weight
+        scale, zero_point = self._qparams(weight)
+        if self.learnable:
+            if self.scale is None:
+                raise RuntimeError(
+                    'WeightQuantizer(learnable=True) was used before '
+                    'init_from(weight) created its step size.')
+            _, qmax = quant_range(self.bits, self.symmetric)
+            factor = 1. / math.sqrt(weight[0].numel() * qmax)
+            scale = scale_grad(self.scale.abs() + 1e-8, factor)
+            if not self.symmetric:
+                min_val, _ = minmax(weight, 0 if self.per_channel else None)
+                zero_point = torch.round(-min_val.clamp(max=0.) /
+                                         scale.detach())
+        return fake_quantize(weight, self._broadcast(scale, weight),
+                             self._broadcast(zero_point, weight), self.bits,
+                             self.symmetric)
+
+    def extra_repr(self) -> str:
+        return (f'bits={self.bits}, symmetric={self.symmetric}, '
+                f'per_channel={self.per_channel}, learnable={self.learnable}')
+
+
+@MODELS.register_module()
+class ActivationQuantizer(nn.Module):
+    """Per-tensor asymmetric fake quantizer for activations.
+
+    It has two states, both saved in its ``state_dict``:
+
+    - *calibrating* (initial): every batch updates an EMA of the batch
+      min/max (:class:`EMAMinMaxObserver`) and is quantized with that range;
+    - *frozen*: the range no longer moves. With ``learnable=True`` the step
+      size becomes a parameter initialised from the calibrated range (LSQ).
+
+    A frozen quantizer that never saw a batch raises an error instead of
+    quantizing with a meaningless range.
+
+    Args:
+        bits (int): Bit-width, 2-8, or 16 for pass-through. Defaults to 4.
+        symmetric (bool): Symmetric grid if True. Defaults to False.
+        momentum (float): EMA momentum of the observer. Defaults to 0.9.
+        learnable (bool): Learn the step after freezing. Defaults to False.
+    """
+
+    def __init__(self,
+                 bits: int = 4,
+                 symmetric: bool = False,
+                 momentum: float = 0.9,
+                 learnable: bool = False) -> None:
+        super().__init__()
+        self.bits = check_bits(bits, 'activation bit-width')
+        self.symmetric = symmetric
+        self.learnable = learnable
+        self.layer_name = ''
+        # Not saved: evaluation switches observation off temporarily.
+        self.observing = True
+        self.observer = EMAMinMaxObserver(momentum)
+        self.register_buffer('frozen', torch.tensor(False))
+        if learnable:
+            self.scale = nn.Parameter(torch.tensor(1.))
+        else:
+            self.scale = None
+
+    @property
+    def enabled(self) -> bool:
+        """bool: False when the quantizer passes activations through."""
+        return self.bits != PASS_THROUGH_BITS
+
+    @property
+    def calibrated(self) -> bool:
+        """bool: Whether the range has been observed at least once."""
+        return self.observer.observed
+
+    def calibrate(self) -> None:
+        """Go back to the calibrating state (ranges follow the data)."""
+        self.frozen.fill_(False)
+
+    @torch.no_grad()
+    def freeze(self) -> None:
+        """Stop updating the range; initialise the learnable step from it."""
+        if self.enabled and not self.calibrated:
+            raise RuntimeError(self._uncalibrated_msg())
+        if self.learnable and self.enabled and not bool(self.frozen):
+            scale, _ = self._range_qparams()
+            self.scale.copy_(scale)
+        self.frozen.fill_(True)
+
+    def _uncalibrated_msg(self) -> str:
+        return (f'Activation quantizer of layer "{self.layer_name}" has no '
+                'calibrated range: run calibration forwards (at least one '
+                'batch) before freezing activation ranges.')
+
+    def _range_qparams(self):
+        return calc_qparams(self.observer.min_val, self.observer.max_val,
+                            self.bits, self.symmetric)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Fake-quantize ``x`` (and observe it while calibrating)."""
+        if not self.enabled:
+            return x
+        if not bool(self.frozen) and self.observing:
+            self.observer(x)
+        if not self.calibrated:
+            raise RuntimeError(self._uncalibrated_msg())
+        scale, zero_point = self._range_qparams()
+        if self.learnable and bool(self.frozen):
+            _, qmax = quant_range(self.bits, self.symmetric)
+            factor = 1. / math.sqrt(x[0].numel() * qmax)
+            learned = scale_grad(self.scale.abs() + 1e-8, factor)
+            if not self.symmetric:
+                zero_point = torch.round(
+                    -self.observer.min_val.clamp(max=0.) / learned.detach())
+            scale = learned
+        return fake_quantize(x, scale.to(x.dtype), zero_point.to(x.dtype),
+                             self.bits, self.symmetric)
+
+    def extra_repr(self) -> str:
+        return (f'bits={self.bits}, symmetric={self.symmetric}, '
+                f'learnable={self.learnable}')

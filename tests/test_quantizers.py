@@ -1,0 +1,193 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from mmddaq.quantization import (ActivationQuantizer, ModelQuantizer,
+                                 QuantConv2d, QuantLinear, WeightQuantizer,
+                                 calc_qparams, fake_quantize,
+                                 freeze_activations, quantizable_layers,
+                                 quantized_layers)
+from mmddaq.registry import MODELS
+
+
+class TinyNet(nn.Module):
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, groups=2, bias=False)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.conv2(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def _calibrated(model, bits, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    q = ModelQuantizer(w_bits=bits, a_bits=bits, **kwargs).quantize(model)
+    q.eval()
+    with torch.no_grad():
+        for _ in range(3):
+            q(torch.randn(4, 3, 16, 16))
+    freeze_activations(q)
+    return q
+
+
+def test_fake_quantize_levels_and_ste():
+    x = torch.linspace(-1, 1, 101, requires_grad=True)
+    scale, zp = calc_qparams(x.detach().min(), x.detach().max(), 4, False)
+    y = fake_quantize(x, scale, zp, 4, symmetric=False)
+    assert y.detach().unique().numel() <= 16
+    assert (y - x).abs().max() <= scale / 2 + 1e-6
+    y.sum().backward()
+    lo, hi = (0 - zp) * scale, (15 - zp) * scale  # representable range
+    inside = (x >= lo) & (x <= hi)
+    assert inside.sum() > 90
+    assert torch.equal(x.grad, inside.float())  # STE: 1 inside, 0 clipped
+    # values outside the grid are clipped and get no gradient
+    x2 = torch.tensor([-5., 0., 5.], requires_grad=True)
+    fake_quantize(x2, scale, zp, 4, False).sum().backward()
+    assert x2.grad.tolist() == [0., 1., 0.]
+
+
+@pytest.mark.parametrize('symmetric', [True, False])
+def test_weight_quantizer_per_channel(symmetric):
+    w = torch.randn(6, 3, 3, 3) * torch.arange(1, 7).view(6, 1, 1, 1)
+    q = WeightQuantizer(bits=3, symmetric=symmetric)(w)
+    for c in range(6):
+        assert q[c].unique().numel() <= 8
+    # per-channel: small channels are not crushed by the large ones
+    assert (q[0] - w[0]).abs().max() < w[0].abs().max() / 2
+
+
+def test_learnable_step_gets_gradient():
+    w = torch.randn(4, 8, requires_grad=True)
+    wq = WeightQuantizer(bits=4, learnable=True)
+    wq.init_from(w)
+    wq(w).pow(2).sum().backward()
+    assert wq.scale.grad is not None and wq.scale.grad.abs().sum() > 0
+    aq = ActivationQuantizer(bits=4, learnable=True)
+    aq(torch.randn(8, 4))
+    aq.freeze()
+    aq(torch.randn(8, 4)).pow(2).sum().backward()
+    assert aq.scale.grad is not None and aq.scale.grad.abs() > 0
+
+
+def test_activation_quantizer_calibrate_then_freeze():
+    aq = ActivationQuantizer(bits=8, momentum=0.9)
+    aq(torch.full((4, ), 2.))
+    aq(torch.full((4, ), -2.) * torch.tensor([1., 0, 0, 0]) + 1)
+    lo, hi = aq.observer.min_val.item(), aq.observer.max_val.item()
+    assert lo == pytest.approx(0.9 * 2 + 0.1 * -1)
+    aq.freeze()
+    aq(torch.full((4, ), 100.))
+    assert aq.observer.min_val.item() == lo
+    assert aq.observer.max_val.item() == hi
+
+
+def test_frozen_without_calibration_raises():
+    aq = ActivationQuantizer(bits=4)
+    aq.layer_name = 'backbone.conv1'
+    with pytest.raises(RuntimeError, match='backbone.conv1.*calibrat'):
+        aq.freeze()
+    aq.frozen.fill_(True)  # e.g. a state_dict loaded from a broken run
+    with pytest.raises(RuntimeError, match='no calibrated range'):
+        aq(torch.randn(3))
+
+
+@pytest.mark.parametrize('bits', [0, 1, 9, 12, 32, 4.0, '4'])
+def test_unsupported_bits(bits):
+    with pytest.raises(ValueError, match='Unsupported'):
+        ModelQuantizer(w_bits=bits)
+    with pytest.raises(ValueError, match='Unsupported'):
+        ActivationQuantizer(bits=bits)
+
+
+def test_swap_counts_and_skip():
+    model = TinyNet()
+    n_float = len(quantizable_layers(model))
+    q = ModelQuantizer(skip=['conv2']).quantize(model)
+    assert len(quantized_layers(q)) == n_float - 1
+    assert isinstance(q.conv1, QuantConv2d) and isinstance(q.fc, QuantLinear)
+    assert type(q.conv2) is nn.Conv2d
+    # the original model is untouched
+    assert not quantized_layers(model)
+
+
+def test_policy_first_last_overrides_and_layer_bits():
+    model = TinyNet()
+    plan = ModelQuantizer(
+        w_bits=4, a_bits=4, first_last_bits=8,
+        overrides=[dict(pattern='conv2', a_bits=6)]).plan(model)
+    assert plan == {'conv1': (8, 8), 'conv2': (4, 6), 'fc': (8, 8)}
+    plan = ModelQuantizer(layer_bits={'conv2': (2, 3)}).plan(model)
+    assert plan['conv2'] == (2, 3) and plan['conv1'] == (4, 4)
+
+
+def test_bad_policies():
+    with pytest.raises(ValueError, match='"layer9.*" matches no'):
+        ModelQuantizer(overrides=[dict(pattern='layer9.*',
+                                       w_bits=8)]).plan(TinyNet())
+    with pytest.raises(ValueError, match='skip pattern "nope"'):
+        ModelQuantizer(skip=['nope']).plan(TinyNet())
+    with pytest.raises(ValueError, match='nothing is left'):
+        ModelQuantizer(skip=['*']).plan(TinyNet())
+    with pytest.raises(ValueError, match='no nn.Conv2d or nn.Linear'):
+        ModelQuantizer().quantize(nn.Sequential(nn.ReLU(), nn.BatchNorm1d(3)))
+
+
+def test_16_bits_is_exact_and_8_bits_close():
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        ref = model(x)
+        q16 = ModelQuantizer(w_bits=16, a_bits=16).quantize(model).eval()
+        assert torch.equal(q16(x), ref)
+    q8 = _calibrated(model, 8)
+    with torch.no_grad():
+        rel = (q8(x) - ref).norm() / ref.norm()
+    assert rel < 0.05
+    q4 = _calibrated(model, 4)
+    with torch.no_grad():
+        rel4 = (q4(x) - ref).norm() / ref.norm()
+    assert rel4 > rel  # fewer bits, more error
+
+
+def test_ste_gradients_at_w4a4():
+    q = _calibrated(TinyNet(), 4)
+    x = torch.randn(2, 3, 16, 16, requires_grad=True)
+    q(x).pow(2).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    for name, layer in quantized_layers(q):
+        assert layer.weight.grad is not None, name
+        assert layer.weight.grad.abs().sum() > 0, name
+
+
+def test_state_dict_roundtrip(tmp_path):
+    q = _calibrated(TinyNet(), 4, weight_quantizer=dict(learnable=True),
+                    act_quantizer=dict(learnable=True))
+    path = tmp_path / 'q.pth'
+    torch.save(q.state_dict(), path)
+    fresh = ModelQuantizer(
+        w_bits=4, a_bits=4, weight_quantizer=dict(learnable=True),
+        act_quantizer=dict(learnable=True)).quantize(TinyNet()).eval()
+    fresh.load_state_dict(torch.load(path, weights_only=True))
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), q(x))
+    for a, b in zip(q.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b)
+    assert all(bool(m.act_quantizer.frozen) for _, m in quantized_layers(fresh))
+
+
+def test_registered_for_configs():
+    mq = MODELS.build(dict(type='mmddaq.ModelQuantizer', w_bits=3, a_bits=3))
+    assert isinstance(mq, ModelQuantizer) and mq.w_bits == 3
+    q = mq.quantize(copy.deepcopy(TinyNet()))
+    assert q.conv1.w_bits == 3

@@ -1,0 +1,85 @@
+"""Evaluate a checkpoint with the config's test dataloader and metrics.
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE.json]
+
+For mmddaq quantization configs the checkpoint holds the whole algorithm
+(FP and quantized model); the quantized model is evaluated unless
+``--eval-model fp`` is given.
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+import mmddaq  # noqa: E402,F401
+from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.registry import RUNNERS  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
+
+from mmddaq.utils.paths import check_work_dir  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Test a checkpoint')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='the dir to save logs')
+    parser.add_argument('--out', help='write the metrics to this JSON file')
+    parser.add_argument(
+        '--eval-model',
+        choices=['quantized', 'fp'],
+        default=None,
+        help='for quantization configs: which model to evaluate')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction, help='overrides')
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not osp.isfile(args.config):
+        raise FileNotFoundError(f'config file "{args.config}" does not exist')
+    if not osp.isfile(args.checkpoint):
+        raise FileNotFoundError(
+            f'checkpoint file "{args.checkpoint}" does not exist')
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(args.config))[0])
+    is_ddaq = str(cfg.model.get('type', '')).endswith('DDAQ')
+    if is_ddaq:
+        # the checkpoint carries both models; no separate FP file needed
+        cfg.model.fp_checkpoint = None
+        if args.eval_model:
+            cfg.model.eval_model = args.eval_model
+    cfg.load_from = args.checkpoint
+    check_work_dir(cfg.work_dir)
+    if 'runner_type' not in cfg:
+        runner = Runner.from_cfg(cfg)
+    else:
+        runner = RUNNERS.build(cfg)
+    metrics = runner.test()
+    if args.out:
+        with open(args.out, 'w') as f:
+            json.dump({k: float(v) for k, v in metrics.items()}, f, indent=2)
+    return metrics
+
+
+if __name__ == '__main__':
+    main()
