@@ -5,9 +5,9 @@
 _base_ = [
     './_base_/models/resnet18-w16_digits.py',
     './_base_/datasets/digits.py',
-    'mmpretrain::_base_/default_runtime.py',
     './_base_/schedules/ddaq_runtime.py',
 ]
+train_dataloader = None  # data-free: the generator makes every batch
 fp_checkpoint = 'work_dirs/fp_resnet18-w16_digits/epoch_15.pth'
 w_bits = 4
 a_bits = 4
@@ -15,8 +15,8 @@ a_bits = 4
 model = dict(
     _delete_=True,
     type='mmddaq.DDAQ',
-    architecture=dict(
-        {{_base_.model}}, data_preprocessor={{_base_.data_preprocessor}}),
+    architecture={{_base_.model}},
+    data_preprocessor={{_base_.data_preprocessor}},
     fp_checkpoint=fp_checkpoint,
     input_shape=(3, 32, 32),
     quantizer=dict(

@@ -86,7 +86,8 @@ class DDAQ(BaseModel):
         loss_weights (dict): ``ce``, ``bns``, ``dis``, ``kd``, ``q_dis``.
         sample_source (str): ``'generator'``, ``'gaussian'`` or ``'pool'``.
         eval_model (str): ``'quantized'`` or ``'fp'``.
-        data_preprocessor (dict, optional): Defaults to the architecture's.
+        data_preprocessor (dict, optional): Defaults to the architecture's;
+            given here, it also becomes the architecture's if that has none.
         init_cfg (dict, optional): Initialisation config.
     """
 
@@ -105,6 +106,9 @@ class DDAQ(BaseModel):
         architecture = copy.deepcopy(architecture)
         if data_preprocessor is None:
             data_preprocessor = architecture.get('data_preprocessor')
+        elif architecture.get('data_preprocessor') is None:
+            architecture['data_preprocessor'] = copy.deepcopy(
+                data_preprocessor)
         super().__init__(
             data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         unknown = set(loss_weights or {}) - set(DEFAULT_LOSS_WEIGHTS)

@@ -5,8 +5,8 @@ data_preprocessor = dict(
     type='ClsDataPreprocessor',
     num_classes=10,
     # pixel statistics of the train split (0-255 scale)
-    mean=[74.0, 74.0, 74.0],
-    std=[95.0, 95.0, 95.0],
+    mean=[78.0, 78.0, 78.0],
+    std=[83.0, 83.0, 83.0],
     to_rgb=False)
 
 train_pipeline = [

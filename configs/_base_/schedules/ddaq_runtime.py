@@ -1,8 +1,9 @@
 # What every data-free quantization config shares: the data-free runner,
-# iteration-based logging and checkpointing.
+# iteration-based logging and checkpointing. Classification configs set
+# `train_dataloader = None` after their dataset base.
+_base_ = 'mmpretrain::_base_/default_runtime.py'
 custom_imports = dict(imports=['mmddaq'], allow_failed_imports=False)
 runner_type = 'mmddaq.DataFreeRunner'
-train_dataloader = None  # data-free: batches are generated
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 log_processor = dict(by_epoch=False)
