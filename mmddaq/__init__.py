@@ -12,4 +12,4 @@ from .utils.checkpoint import install_safe_checkpoint_loading
 install_safe_checkpoint_loading()
 
 from . import datasets, engine, generators, importance  # noqa: F401,E402
-from . import losses, models, quantization  # noqa: F401,E402
+from . import apis, losses, models, quantization  # noqa: F401,E402

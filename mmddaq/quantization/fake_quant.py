@@ -101,6 +101,18 @@ def calc_qparams(min_val: torch.Tensor, max_val: torch.Tensor, bits: int,
     return scale, zero_point
 
 
+def _fake_quantize_native(x, scale, zero_point, qmin, qmax):
+    """PyTorch's fused kernels (same rounding and gradient mask)."""
+    if scale.numel() == 1:
+        return torch.fake_quantize_per_tensor_affine(
+            x, scale.reshape(()).float(),
+            zero_point.reshape(()).round().int(), qmin, qmax)
+    axis = next(i for i, n in enumerate(scale.shape) if n > 1)
+    return torch.fake_quantize_per_channel_affine(
+        x, scale.flatten().float(), zero_point.flatten().round().int(), axis,
+        qmin, qmax)
+
+
 def fake_quantize(x: torch.Tensor, scale: torch.Tensor,
                   zero_point: torch.Tensor, bits: int,
                   symmetric: bool) -> torch.Tensor:
@@ -122,10 +134,14 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor,
     """
     qmin, qmax = quant_range(bits, symmetric)
     zero_point = zero_point.detach()
+    if not scale.requires_grad and x.dtype == torch.float32:
+        return _fake_quantize_native(x, scale, zero_point, qmin, qmax)
     v = x / scale + zero_point
-    # Clip with an explicit mask: gradient 1 on the whole closed range
-    # [qmin, qmax] (torch.clamp gives 0 exactly at the bounds), 0 outside.
-    inside = (v >= qmin) & (v <= qmax)
+    # Gradient 1 where x rounds into [qmin, qmax], 0 where it is clipped
+    # (the rule of torch.fake_quantize_*; torch.clamp would give 0 exactly
+    # at the bounds).
+    rounded = torch.round(v.detach())
+    inside = (rounded >= qmin) & (rounded <= qmax)
     v = torch.where(inside, v, v.detach().clamp(qmin, qmax))
     q = round_ste(v)
     return (q - zero_point) * scale

@@ -1,0 +1,93 @@
+"""Run configs in-process: what the demo and the benchmarks share."""
+import os.path as osp
+import time
+from typing import Dict, Optional
+
+from mmengine.config import Config
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+from mmddaq.utils.paths import check_work_dir
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def load_config(config: str, options: Optional[dict] = None) -> Config:
+    """Read a config (path relative to the repository root or absolute).
+
+    Args:
+        config (str): Config path.
+        options (dict, optional): ``--cfg-options`` style overrides.
+
+    Returns:
+        Config: The merged config.
+    """
+    path = config if osp.isabs(config) else osp.join(REPO_ROOT, config)
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'config file "{path}" does not exist')
+    cfg = Config.fromfile(path)
+    if options:
+        cfg.merge_from_dict(options)
+    return cfg
+
+
+def build_runner(cfg: Config, work_dir: str, name: str) -> Runner:
+    """Build the config's runner with a fresh work dir and experiment name."""
+    cfg = cfg.copy()
+    cfg.work_dir = work_dir
+    cfg.experiment_name = f'{name}_{time.strftime("%Y%m%d_%H%M%S")}' \
+        f'_{int(time.time() * 1e6) % 1000000}'
+    check_work_dir(work_dir)
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
+
+
+def train_and_test(cfg: Config, work_dir: str,
+                   name: str) -> Dict[str, float]:
+    """Train with ``cfg`` then evaluate with its test loop.
+
+    Returns:
+        dict[str, float]: Test metrics and ``seconds`` (training time).
+    """
+    runner = build_runner(cfg, work_dir, name)
+    start = time.perf_counter()
+    runner.train()
+    seconds = time.perf_counter() - start
+    metrics = {k: float(v) for k, v in runner.test().items()}
+    metrics['seconds'] = seconds
+    return metrics
+
+
+def test_checkpoint(cfg: Config, checkpoint: str, work_dir: str,
+                    name: str) -> Dict[str, float]:
+    """Evaluate ``checkpoint`` with the test loop of ``cfg``."""
+    cfg = cfg.copy()
+    cfg.load_from = checkpoint
+    runner = build_runner(cfg, work_dir, name)
+    return {k: float(v) for k, v in runner.test().items()}
+
+
+def ensure_fp_checkpoint(fp_config: str, work_dir: str, logger=print) -> str:
+    """Train the full-precision model of ``fp_config`` unless it exists.
+
+    Args:
+        fp_config (str): Config of the FP model.
+        work_dir (str): Where it is (or will be) trained.
+        logger (Callable): Where progress messages go.
+
+    Returns:
+        str: Path of the FP checkpoint (``last_checkpoint`` of the run).
+    """
+    pointer = osp.join(work_dir, 'last_checkpoint')
+    if osp.isfile(pointer):
+        with open(pointer) as f:
+            path = f.read().strip()
+        if osp.isfile(path):
+            return path
+    logger(f'Training the full-precision model ({fp_config}) into '
+           f'{work_dir}; this happens once.')
+    runner = build_runner(load_config(fp_config), work_dir, 'fp')
+    runner.train()
+    with open(pointer) as f:
+        return f.read().strip()

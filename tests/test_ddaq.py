@@ -1,0 +1,236 @@
+"""The DDAQ components: generator, D1, D2, importance, algorithm step."""
+import copy
+
+import pytest
+import torch
+from mmengine.optim import build_optim_wrapper
+from mmengine.registry import MODELS, init_default_scope
+from torch import nn
+
+from conftest import DDAQ_CONFIG, tiny_ddaq_options
+from mmddaq.apis import load_config
+from mmddaq.generators import Generator
+from mmddaq.importance import (HessianImportance,
+                               OutputSensitivityImportance,
+                               UniformImportance, layer_of_each_bn,
+                               tap_weights)
+from mmddaq.losses import BNStatisticsLoss, DiscrepancyLoss
+from mmddaq.quantization import freeze_activations, quantized_layers
+
+
+def build_tiny_ddaq(fp_checkpoint, **model_overrides):
+    init_default_scope('mmpretrain')
+    opts = tiny_ddaq_options(fp_checkpoint)
+    opts = {k: v for k, v in opts.items() if k.startswith('model.')}
+    opts.update({f'model.{k}': v for k, v in model_overrides.items()})
+    cfg = load_config(DDAQ_CONFIG, opts)
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    model.train()
+    return model, build_optim_wrapper(model, cfg.optim_wrapper)
+
+
+def params_of(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------- generator
+def test_generator_shapes_and_conditioning():
+    g = Generator(img_size=(16, 24), num_classes=5, latent_dim=8,
+                  base_channels=8)
+    z, labels = g.sample_noise(6)
+    assert labels.min() >= 0 and labels.max() < 5
+    x = g(z, labels)
+    assert x.shape == (6, 3, 16, 24)
+    # output BN without affine: roughly normalised channels in train mode
+    assert x.mean().abs() < 0.1 and (x.std() - 1).abs() < 0.1
+    # labels change the output
+    assert not torch.allclose(g(z, labels), g(z, (labels + 1) % 5))
+    with pytest.raises(ValueError, match='needs labels'):
+        g(z)
+    g_uncond = Generator(img_size=16, latent_dim=8, base_channels=8)
+    z, labels = g_uncond.sample_noise(2)
+    assert labels is None and g_uncond(z).shape == (2, 3, 16, 16)
+    with pytest.raises(ValueError, match='divisible'):
+        Generator(img_size=30)
+
+
+# ---------------------------------------------------------------------- D1
+class ConvBN(nn.Module):
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+
+
+def test_bns_loss_small_on_matching_batch_and_weighted():
+    torch.manual_seed(0)
+    model = ConvBN()
+    data = torch.randn(256, 3, 8, 8) * 2 + 1
+    model.train()
+    for bn in (model.bn1, model.bn2):
+        bn.momentum = None  # cumulative average: exact batch statistics
+    with torch.no_grad():
+        model(data)
+    model.eval()
+    loss = BNStatisticsLoss(model)
+    loss.enabled = True
+    model(data)
+    matched = float(loss())
+    model(torch.randn(256, 3, 8, 8))
+    mismatched = float(loss())
+    assert matched < 0.02 < mismatched
+    loss.set_layer_weights({'bn1': 2.0, 'bn2': 0.0})
+    model(torch.randn(256, 3, 8, 8))
+    weighted = loss()
+    assert weighted > 0
+    with pytest.raises(ValueError, match='no BatchNorm'):
+        BNStatisticsLoss(nn.Sequential(nn.Conv2d(3, 3, 1)))
+
+
+# ---------------------------------------------------------------------- D2
+def test_discrepancy_loss():
+    d2 = DiscrepancyLoss(['a', 'b'])
+    fp = {'a': torch.ones(2, 3), 'b': (torch.ones(4), torch.ones(4))}
+    assert float(d2(fp, copy.deepcopy(fp))) == 0
+    q = {'a': torch.zeros(2, 3), 'b': (torch.ones(4), torch.ones(4))}
+    per_tap = {}
+    base = float(d2(fp, q, per_tap))
+    assert per_tap == {'a': 1.0, 'b': 0.0} and base == pytest.approx(0.5)
+    d2.set_tap_weights({'a': 2.0, 'b': 0.0})
+    assert float(d2(fp, q)) == pytest.approx(1.0)
+
+
+# -------------------------------------------------------------- importance
+def test_importance_strategies(tiny_fp_checkpoint):
+    model, _ = build_tiny_ddaq(tiny_fp_checkpoint)
+    names = [n for n, _ in quantized_layers(model.quantized)]
+
+    def sample(n):
+        return torch.randn(n, 3, 32, 32)
+
+    for method in (HessianImportance(batch_size=4, num_batches=1,
+                                     num_probes=2),
+                   OutputSensitivityImportance(batch_size=4),
+                   UniformImportance()):
+        torch.manual_seed(0)
+        imp = method(model.fp_model, model.quantized, sample, model.adapter)
+        assert list(imp) == names
+        assert sum(imp.values()) / len(imp) == pytest.approx(1.0)
+        assert all(v >= 0 for v in imp.values())
+        if not isinstance(method, UniformImportance):
+            assert max(imp.values()) > 1.5 * min(imp.values())
+    # the FP weights are untouched by the measurements
+    ref, _ = build_tiny_ddaq(tiny_fp_checkpoint)
+    assert same(params_of(ref.fp_model), params_of(model.fp_model))
+
+
+def test_bn_inherits_its_conv_and_taps(tiny_fp_checkpoint):
+    model, _ = build_tiny_ddaq(tiny_fp_checkpoint)
+    x = torch.randn(2, 3, 32, 32)
+    mapping = layer_of_each_bn(
+        model.fp_model, lambda: model.adapter.forward(model.fp_model, x),
+        [n for n, _ in quantized_layers(model.quantized)])
+    assert mapping['backbone.bn1'] == 'backbone.conv1'
+    assert mapping['backbone.layer2.0.bn2'] == 'backbone.layer2.0.conv2'
+    assert mapping['backbone.layer2.0.downsample.1'] == \
+        'backbone.layer2.0.downsample.0'
+    w = tap_weights({'backbone.layer1.0.conv1': 3., 'head.fc': 1.},
+                    ['backbone.layer1', 'head.fc'])
+    assert w == {'backbone.layer1': 1.5, 'head.fc': 0.5}
+
+
+# --------------------------------------------------------------- algorithm
+def test_train_step_updates_g_and_q_never_fp(tiny_fp_checkpoint):
+    model, optim = build_tiny_ddaq(tiny_fp_checkpoint)
+    fp0, q0, g0 = (params_of(model.fp_model), params_of(model.quantized),
+                   params_of(model.generator))
+    calls = []
+    model.fp_model.register_forward_hook(lambda *a: calls.append(1))
+    plan = dict(batch_size=8, update_generator=True, update_quantized=True)
+    for _ in range(2):
+        log = model.train_step(plan, optim)
+    assert len(calls) == 2  # FP outputs computed once per iteration
+    for key in ('loss_g', 'loss_q', 'loss_bns', 'loss_ce', 'loss_dis',
+                'loss_kd', 'loss_q_dis'):
+        assert key in log and torch.isfinite(log[key])
+    assert same(fp0, params_of(model.fp_model))
+    q_weights = [k for k in q0 if k.endswith('.weight')]
+    assert any(not torch.equal(q0[k], params_of(model.quantized)[k])
+               for k in q_weights)
+    assert not same(g0, params_of(model.generator))
+    # BN statistics of both models are frozen (eval mode) while training
+    assert not model.fp_model.training and not model.quantized.training
+    assert model.generator.training
+
+
+def test_warmup_step_leaves_quantized_weights(tiny_fp_checkpoint):
+    model, optim = build_tiny_ddaq(tiny_fp_checkpoint)
+    q0 = {k: v for k, v in params_of(model.quantized).items()
+          if 'observer' not in k}
+    model.train_step(
+        dict(batch_size=8, update_generator=True, update_quantized=False),
+        optim)
+    q1 = params_of(model.quantized)
+    assert same(q0, q1)
+    # but activation ranges were calibrated on the batch
+    assert all(m.act_quantizer.calibrated
+               for _, m in quantized_layers(model.quantized))
+
+
+def test_ablation_switches_remove_terms(tiny_fp_checkpoint):
+    model, optim = build_tiny_ddaq(
+        tiny_fp_checkpoint, loss_weights=dict(bns=0., dis=0., q_dis=0.))
+    assert model.bns_loss is None
+    log = model.train_step(dict(batch_size=4), optim)
+    assert 'loss_bns' not in log and 'loss_dis' not in log
+    assert 'loss_q_dis' not in log and 'loss_ce' in log
+    with pytest.raises(ValueError, match='unknown loss_weights'):
+        build_tiny_ddaq(tiny_fp_checkpoint, loss_weights=dict(beta=1.))
+
+
+def test_importance_travels_in_state_dict(tiny_fp_checkpoint):
+    model, _ = build_tiny_ddaq(tiny_fp_checkpoint)
+    names = [n for n, _ in quantized_layers(model.quantized)]
+    imp = {n: float(i + 1) for i, n in enumerate(names)}
+    model.set_layer_importance(imp)
+    assert model.bns_loss.layer_weights['backbone.bn1'] == 1.0
+    assert model.bns_loss.layer_weights['backbone.layer1.0.bn2'] == \
+        imp['backbone.layer1.0.conv2']
+    state = model.state_dict()
+    fresh, _ = build_tiny_ddaq(tiny_fp_checkpoint)
+    fresh.load_state_dict(state)
+    assert fresh.layer_importance == imp
+    assert fresh.dis_loss.tap_weights == model.dis_loss.tap_weights
+
+
+def test_eval_never_moves_activation_ranges(tiny_fp_checkpoint):
+    model, optim = build_tiny_ddaq(tiny_fp_checkpoint)
+    model.train_step(dict(batch_size=4, update_quantized=False), optim)
+    before = params_of(model.quantized)
+    model.eval()
+    model(torch.randn(4, 3, 32, 32) * 50, mode='tensor')
+    assert same(before, params_of(model.quantized))
+    freeze_activations(model.quantized)
+
+
+def test_fp_checkpoint_must_match(tiny_fp_checkpoint, tmp_path):
+    bad = tmp_path / 'other.pth'
+    state = torch.load(tiny_fp_checkpoint, weights_only=True)['state_dict']
+    state.pop('head.fc.bias')
+    state['extra.weight'] = torch.zeros(1)
+    torch.save({'state_dict': state}, bad)
+    with pytest.raises(ValueError, match='does not match the model.*missing'):
+        build_tiny_ddaq(str(bad))
+    with pytest.raises(FileNotFoundError):
+        build_tiny_ddaq(str(tmp_path / 'missing.pth'))
