@@ -6,6 +6,7 @@ model = dict(
     generator=None,
     loss_weights=dict(ce=0., bns=0., dis=0., q_dis=0.))
 train_dataloader = dict(
+    _delete_=True,
     batch_size=64,
     num_workers=0,
     dataset=dict(

@@ -6,6 +6,7 @@ import torch
 from mmengine.model import BaseModel
 from mmengine.optim import OptimWrapperDict
 from mmengine.registry import MODELS as ROOT_MODELS
+from mmengine.runner import CheckpointLoader
 from torch import nn
 
 from mmddaq.importance import layer_of_each_bn, tap_weights
@@ -25,7 +26,10 @@ def _freeze(module: nn.Module) -> None:
 
 def _load_fp_weights(model: nn.Module, checkpoint: str) -> None:
     """Load a float checkpoint, refusing any key mismatch with a clear error."""
-    ckpt = load_checkpoint_safe(checkpoint, map_location='cpu')
+    if '://' in checkpoint:  # URLs go through MMEngine's loaders
+        ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
+    else:
+        ckpt = load_checkpoint_safe(checkpoint, map_location='cpu')
     state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise ValueError(f'{checkpoint} holds no state_dict')
@@ -86,8 +90,9 @@ class DDAQ(BaseModel):
         loss_weights (dict): ``ce``, ``bns``, ``dis``, ``kd``, ``q_dis``.
         sample_source (str): ``'generator'``, ``'gaussian'`` or ``'pool'``.
         eval_model (str): ``'quantized'`` or ``'fp'``.
-        data_preprocessor (dict, optional): Defaults to the architecture's;
-            given here, it also becomes the architecture's if that has none.
+        data_preprocessor (dict, optional): Used as the architecture's data
+            preprocessor if that has none (mmpretrain configs keep it at the
+            top level). The algorithm uses the built model's preprocessor.
         init_cfg (dict, optional): Initialisation config.
     """
 
@@ -104,13 +109,14 @@ class DDAQ(BaseModel):
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
         architecture = copy.deepcopy(architecture)
-        if data_preprocessor is None:
-            data_preprocessor = architecture.get('data_preprocessor')
-        elif architecture.get('data_preprocessor') is None:
+        if data_preprocessor is not None and \
+                architecture.get('data_preprocessor') is None:
             architecture['data_preprocessor'] = copy.deepcopy(
                 data_preprocessor)
+        fp_model = ROOT_MODELS.build(architecture)
         super().__init__(
-            data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+            data_preprocessor=copy.deepcopy(fp_model.data_preprocessor),
+            init_cfg=init_cfg)
         unknown = set(loss_weights or {}) - set(DEFAULT_LOSS_WEIGHTS)
         if unknown:
             raise ValueError(f'unknown loss_weights {sorted(unknown)}; known: '
@@ -125,7 +131,7 @@ class DDAQ(BaseModel):
         self.eval_model = eval_model
         self.input_shape = tuple(input_shape)
 
-        self.fp_model = ROOT_MODELS.build(architecture)
+        self.fp_model = fp_model
         if fp_checkpoint:
             _load_fp_weights(self.fp_model, fp_checkpoint)
         _freeze(self.fp_model)
@@ -278,7 +284,7 @@ class DDAQ(BaseModel):
             if not update_g:
                 x = x.detach()
         else:  # a real batch: QAT with KD
-            update_g, labels = False, None
+            update_g, update_q, labels = False, True, None
             x = self.data_preprocessor(data, True)['inputs']
         need_dis_grad = update_g and w['dis'] > 0
 
