@@ -112,12 +112,6 @@ SPECS = {
 MODEL_NAMES = list(SPECS)
 DETECTORS = ['retinanet', 'faster_rcnn']
 
-SHARED_HEAD_BUG = (
-    'Known bug: ActivationQuantizer/EMAMinMaxObserver update the EMA once '
-    'per call, not once per batch. RetinaHead runs every head conv once per '
-    'FPN level (5 calls per batch), so the frozen range is an EMA over '
-    'levels (~60 % of the batch max) and P3/P4 activations are clipped.')
-
 
 # --------------------------------------------------------------------------
 # helpers
@@ -125,11 +119,14 @@ SHARED_HEAD_BUG = (
 @pytest.fixture(scope='module', autouse=True)
 def _single_thread():
     """One intra-op thread: the inputs are tiny, and on CPU cores shared
-    with other jobs two threads oversubscribe them (~6x slower runs seen)."""
+    with other jobs two threads oversubscribe them (~6x slower runs seen).
+    The cached models are dropped when the module is done."""
     num_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(num_threads)
+    for cache in (_genuine, _fp, _w8a8):
+        cache.cache_clear()
 
 
 def _config_path(scope: str, rel: str) -> str:
@@ -247,8 +244,8 @@ def _data_samples(with_gt=False):
     ds = DetDataSample(metainfo=META)
     if with_gt:
         ds.gt_instances = InstanceData(
-            bboxes=torch.tensor([[10., 12., 60., 70.], [50., 40., 120.,
-                                                       110.]]),
+            bboxes=torch.tensor([[10., 12., 60., 70.],
+                                 [50., 40., 120., 110.]]),
             labels=torch.tensor([1, 5]))
     return [ds]
 
@@ -277,8 +274,14 @@ def test_layer_count_and_skip(name):
     assert len(skipped) > 1  # the pattern matches several layers
     wrapped = quantized_layers(q)
     assert len(wrapped) == n_float - len(skipped)
-    # module swap, not tracing: same model class, float layers left alone
+    # module swap, not tracing: the same model class, and every module
+    # other than the wrapped layers keeps its type (BN, ReLU, RoIAlign, ...)
     assert type(q) is type(model)
+    q_modules = dict(q.named_modules())
+    wrapped_names = {n for n, _ in wrapped}
+    for n, m in model.named_modules():
+        if n not in wrapped_names:
+            assert type(q_modules[n]) is type(m), n
     assert [n for n, _ in quantizable_layers(q)] == skipped
     for n in skipped:
         assert type(q.get_submodule(n)) in (nn.Conv2d, nn.Linear), n
@@ -350,10 +353,7 @@ W8A8_MAX_REL_ERR = 0.1
 def _w8a8_params():
     params = []
     for name in MODEL_NAMES:
-        marks = ()
-        if name == 'retinanet':
-            marks = pytest.mark.xfail(reason=SHARED_HEAD_BUG, strict=True)
-        params.append(pytest.param(name, marks=marks))
+        params.append(pytest.param(name))
     return params
 
 
@@ -379,7 +379,6 @@ def test_w8a8_retinanet_backbone_and_neck_close_to_float():
     assert 0 < err < W8A8_MAX_REL_ERR
 
 
-@pytest.mark.xfail(reason=SHARED_HEAD_BUG, strict=True)
 def test_shared_head_range_covers_every_level():
     """A layer run once per FPN level must be calibrated on all levels.
 
@@ -520,12 +519,6 @@ def test_quantized_detector_loss_backward(name):
         assert g.abs().sum() > 0, n
 
 
-@pytest.mark.xfail(
-    raises=RuntimeError,
-    strict=True,
-    reason='Known bug: observers.minmax() calls x.min() on an empty tensor, '
-    'so a calibrating ActivationQuantizer crashes on a batch with no '
-    'RoI, which the float model handles.')
 def test_calibration_survives_an_image_without_rois():
     fp = _fp('faster_rcnn')
     x = _randn(SPECS['faster_rcnn']['input'], 6)

@@ -94,13 +94,31 @@ def test_learnable_step_gets_gradient():
 def test_activation_quantizer_calibrate_then_freeze():
     aq = ActivationQuantizer(bits=8, momentum=0.9)
     aq(torch.full((4, ), 2.))
+    aq.step()
     aq(torch.full((4, ), -2.) * torch.tensor([1., 0, 0, 0]) + 1)
+    aq.step()
     lo, hi = aq.observer.min_val.item(), aq.observer.max_val.item()
     assert lo == pytest.approx(0.9 * 2 + 0.1 * -1)
     aq.freeze()
     aq(torch.full((4, ), 100.))
     assert aq.observer.min_val.item() == lo
     assert aq.observer.max_val.item() == hi
+
+
+def test_several_calls_per_batch_count_as_one_batch():
+    # a layer shared by several inputs (FPN levels) sees them all before the
+    # iteration ends: the batch range covers every call
+    aq = ActivationQuantizer(bits=8, momentum=0.9)
+    aq(torch.tensor([0., 1.]))
+    aq(torch.tensor([-3., 10.]))
+    aq.step()
+    assert aq.observer.min_val.item() == -3.
+    assert aq.observer.max_val.item() == 10.
+    assert aq.observer.num_batches.item() == 1
+    aq(torch.tensor([0., 20.]))
+    aq(torch.empty(0))  # e.g. an image without RoIs: ignored
+    aq.freeze()  # closes the pending batch
+    assert aq.observer.max_val.item() == pytest.approx(0.9 * 10 + 0.1 * 20)
 
 
 def test_frozen_without_calibration_raises():

@@ -15,11 +15,9 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import mmddaq  # noqa: E402,F401
-from mmengine.config import Config, DictAction  # noqa: E402
-from mmengine.registry import RUNNERS  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
+from mmengine.config import DictAction  # noqa: E402
 
-from mmddaq.utils.paths import check_work_dir  # noqa: E402
+from mmddaq.apis import config_from_args, runner_from_cfg  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -48,20 +46,11 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if not osp.isfile(args.config):
-        raise FileNotFoundError(f'config file "{args.config}" does not exist')
     if not osp.isfile(args.checkpoint):
         raise FileNotFoundError(
             f'checkpoint file "{args.checkpoint}" does not exist')
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(args.config))[0])
+    cfg = config_from_args(args.config, args.cfg_options, args.work_dir,
+                           args.launcher)
     is_ddaq = str(cfg.model.get('type', '')).endswith('DDAQ')
     if is_ddaq:
         # the checkpoint carries both models; no separate FP file needed
@@ -69,11 +58,7 @@ def main(argv=None):
         if args.eval_model:
             cfg.model.eval_model = args.eval_model
     cfg.load_from = args.checkpoint
-    check_work_dir(cfg.work_dir)
-    if 'runner_type' not in cfg:
-        runner = Runner.from_cfg(cfg)
-    else:
-        runner = RUNNERS.build(cfg)
+    runner = runner_from_cfg(cfg)
     metrics = runner.test()
     if args.out:
         with open(args.out, 'w') as f:

@@ -16,10 +16,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import mmddaq  # noqa: E402,F401  (registers modules, safe checkpoints)
 from mmengine.config import Config, DictAction  # noqa: E402
-from mmengine.registry import RUNNERS  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
 
-from mmddaq.utils.paths import check_work_dir  # noqa: E402
+from mmddaq.apis import config_from_args, runner_from_cfg  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -54,17 +52,8 @@ def parse_args(argv=None):
 
 def build_cfg(args) -> Config:
     """Load the config and apply the command-line options."""
-    if not osp.isfile(args.config):
-        raise FileNotFoundError(f'config file "{args.config}" does not exist')
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(args.config))[0])
+    cfg = config_from_args(args.config, args.cfg_options, args.work_dir,
+                           args.launcher)
     if args.amp:
         for key, wrapper in _optim_wrappers(cfg):
             wrapper['type'] = 'AmpOptimWrapper'
@@ -90,11 +79,7 @@ def _optim_wrappers(cfg):
 def main(argv=None):
     args = parse_args(argv)
     cfg = build_cfg(args)
-    check_work_dir(cfg.work_dir)
-    if 'runner_type' not in cfg:
-        runner = Runner.from_cfg(cfg)
-    else:
-        runner = RUNNERS.build(cfg)
+    runner = runner_from_cfg(cfg)
     runner.train()
 
 

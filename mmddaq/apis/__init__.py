@@ -1,7 +1,8 @@
-from .runs import (build_runner, ensure_fp_checkpoint, load_config,
-                   test_checkpoint, train_and_test)
+from .runs import (build_runner, config_from_args, ensure_fp_checkpoint,
+                   load_config, runner_from_cfg, test_checkpoint,
+                   train_and_test)
 
 __all__ = [
-    'build_runner', 'ensure_fp_checkpoint', 'load_config', 'test_checkpoint',
-    'train_and_test'
+    'build_runner', 'config_from_args', 'ensure_fp_checkpoint', 'load_config',
+    'runner_from_cfg', 'test_checkpoint', 'train_and_test'
 ]

@@ -31,16 +31,53 @@ def load_config(config: str, options: Optional[dict] = None) -> Config:
     return cfg
 
 
+def config_from_args(config: str,
+                     cfg_options: Optional[dict] = None,
+                     work_dir: Optional[str] = None,
+                     launcher: str = 'none') -> Config:
+    """Load a config the way the command-line tools do.
+
+    The work dir defaults to ``./work_dirs/<config name>`` like mmdet's and
+    mmpretrain's tools.
+
+    Args:
+        config (str): Config path.
+        cfg_options (dict, optional): ``--cfg-options`` overrides.
+        work_dir (str, optional): ``--work-dir``.
+        launcher (str): ``--launcher``.
+
+    Returns:
+        Config: The config, ready for a runner.
+    """
+    if not osp.isfile(config):
+        raise FileNotFoundError(f'config file "{config}" does not exist')
+    cfg = Config.fromfile(config)
+    cfg.launcher = launcher
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(config))[0])
+    return cfg
+
+
+def runner_from_cfg(cfg: Config) -> Runner:
+    """Build the runner a config asks for (``runner_type``) or MMEngine's."""
+    check_work_dir(cfg.work_dir)
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
+
+
 def build_runner(cfg: Config, work_dir: str, name: str) -> Runner:
     """Build the config's runner with a fresh work dir and experiment name."""
     cfg = cfg.copy()
     cfg.work_dir = work_dir
     cfg.experiment_name = f'{name}_{time.strftime("%Y%m%d_%H%M%S")}' \
         f'_{int(time.time() * 1e6) % 1000000}'
-    check_work_dir(work_dir)
-    if 'runner_type' in cfg:
-        return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
+    return runner_from_cfg(cfg)
 
 
 def train_and_test(cfg: Config, work_dir: str,

@@ -3,6 +3,7 @@ from .fake_quant import (SUPPORTED_BITS, calc_qparams, check_bits,
 from .model_quantizer import (ModelQuantizer, activation_quantizers,
                               calibrate_activations, freeze_activations,
                               observation_disabled,
+                              step_activation_observers,
                               quantizable_layers, quantized_layers)
 from .modules import QuantConv2d, QuantLinear
 from .observers import EMAMinMaxObserver
@@ -11,7 +12,8 @@ from .quantizers import ActivationQuantizer, WeightQuantizer
 __all__ = [
     'SUPPORTED_BITS', 'calc_qparams', 'check_bits', 'fake_quantize',
     'round_ste', 'ModelQuantizer', 'activation_quantizers',
-    'calibrate_activations', 'freeze_activations', 'observation_disabled', 'quantizable_layers',
+    'calibrate_activations', 'freeze_activations', 'observation_disabled',
+    'step_activation_observers', 'quantizable_layers',
     'quantized_layers', 'QuantConv2d', 'QuantLinear', 'EMAMinMaxObserver',
     'ActivationQuantizer', 'WeightQuantizer'
 ]

@@ -44,6 +44,12 @@ def calibrate_activations(model: nn.Module) -> None:
         q.calibrate()
 
 
+def step_activation_observers(model: nn.Module) -> None:
+    """End a calibration batch for every activation quantizer of ``model``."""
+    for q in activation_quantizers(model):
+        q.step()
+
+
 def freeze_activations(model: nn.Module) -> None:
     """Freeze the range of every activation quantizer of ``model``."""
     for q in activation_quantizers(model):

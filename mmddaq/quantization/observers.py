@@ -26,8 +26,13 @@ def minmax(x: torch.Tensor, ch_axis: Optional[int] = None):
 class EMAMinMaxObserver(nn.Module):
     """Per-tensor range as an exponential moving average of batch min/max.
 
-    The first observed batch sets the range; later batches move it by
-    ``1 - momentum`` of the way (GDFQ convention: ``momentum=0.9``).
+    A *batch* may reach a layer in several calls (a head conv shared by
+    all FPN levels runs once per level): calls accumulate into a pending
+    min/max, and :meth:`step` (called once per iteration, e.g. by
+    :class:`ActivationCalibrationHook`) folds it into the average. The first
+    batch sets the range; later ones move it by ``1 - momentum`` of the way
+    (GDFQ convention: ``momentum=0.9``). Without any :meth:`step`, the range
+    is simply the min/max of everything observed.
 
     Args:
         momentum (float): Weight of the running value. Defaults to 0.9.
@@ -41,23 +46,46 @@ class EMAMinMaxObserver(nn.Module):
         self.register_buffer('min_val', torch.tensor(0.))
         self.register_buffer('max_val', torch.tensor(0.))
         self.register_buffer('num_batches', torch.tensor(0, dtype=torch.long))
+        self._pending = None
 
     @property
     def observed(self) -> bool:
-        """bool: Whether at least one batch has been observed."""
-        return bool(self.num_batches.item() > 0)
+        """bool: Whether anything has been observed."""
+        return self._pending is not None or bool(self.num_batches.item() > 0)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> None:
-        """Update the running range with the batch ``x``."""
+        """Add ``x`` to the current batch's min/max (empty tensors: no-op)."""
+        if x.numel() == 0:
+            return
         cur_min, cur_max = minmax(x)
-        cur_min = cur_min.float()
-        cur_max = cur_max.float()
-        if not self.observed:
-            self.min_val.copy_(cur_min)
-            self.max_val.copy_(cur_max)
-        else:
-            m = self.momentum
-            self.min_val.mul_(m).add_(cur_min, alpha=1 - m)
-            self.max_val.mul_(m).add_(cur_max, alpha=1 - m)
+        cur_min, cur_max = cur_min.float(), cur_max.float()
+        if self._pending is not None:
+            cur_min = torch.minimum(cur_min, self._pending[0])
+            cur_max = torch.maximum(cur_max, self._pending[1])
+        self._pending = (cur_min, cur_max)
+
+    def current_range(self):
+        """The range to quantize with now: average with the pending batch.
+
+        Returns:
+            tuple[Tensor, Tensor]: Minimum and maximum.
+        """
+        if self._pending is None:
+            return self.min_val, self.max_val
+        if self.num_batches.item() == 0:
+            return self._pending
+        m = self.momentum
+        return (self.min_val * m + self._pending[0] * (1 - m),
+                self.max_val * m + self._pending[1] * (1 - m))
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Close the current batch: fold its min/max into the average."""
+        if self._pending is None:
+            return
+        lo, hi = self.current_range()
+        self.min_val.copy_(lo)
+        self.max_val.copy_(hi)
         self.num_batches += 1
+        self._pending = None

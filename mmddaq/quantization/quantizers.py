@@ -147,9 +147,14 @@ class ActivationQuantizer(nn.Module):
         """Go back to the calibrating state (ranges follow the data)."""
         self.frozen.fill_(False)
 
+    def step(self) -> None:
+        """Close a calibration batch (see :class:`EMAMinMaxObserver`)."""
+        self.observer.step()
+
     @torch.no_grad()
     def freeze(self) -> None:
         """Stop updating the range; initialise the learnable step from it."""
+        self.observer.step()
         if self.enabled and not self.calibrated:
             raise RuntimeError(self._uncalibrated_msg())
         if self.learnable and self.enabled and not bool(self.frozen):
@@ -163,8 +168,8 @@ class ActivationQuantizer(nn.Module):
                 'batch) before freezing activation ranges.')
 
     def _range_qparams(self):
-        return calc_qparams(self.observer.min_val, self.observer.max_val,
-                            self.bits, self.symmetric)
+        min_val, max_val = self.observer.current_range()
+        return calc_qparams(min_val, max_val, self.bits, self.symmetric)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Fake-quantize ``x`` (and observe it while calibrating)."""
@@ -181,7 +186,8 @@ class ActivationQuantizer(nn.Module):
             learned = scale_grad(self.scale.abs() + 1e-8, factor)
             if not self.symmetric:
                 zero_point = torch.round(
-                    -self.observer.min_val.clamp(max=0.) / learned.detach())
+                    -self.observer.current_range()[0].clamp(max=0.) /
+                    learned.detach())
             scale = learned
         return fake_quantize(x, scale.to(x.dtype), zero_point.to(x.dtype),
                              self.bits, self.symmetric)

@@ -2,7 +2,8 @@
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
-from mmddaq.quantization import calibrate_activations, freeze_activations
+from mmddaq.quantization import (calibrate_activations, freeze_activations,
+                                 step_activation_observers)
 from mmddaq.registry import HOOKS
 
 
@@ -38,6 +39,9 @@ class ActivationCalibrationHook(Hook):
 
     def after_train_iter(self, runner, batch_idx, data_batch=None,
                          outputs=None) -> None:
+        if runner.iter < self.calib_iters:
+            # one EMA update per iteration, however often a layer ran
+            step_activation_observers(self._quantized(runner))
         if runner.iter + 1 == self.calib_iters:
             freeze_activations(self._quantized(runner))
             runner.logger.info(
