@@ -34,7 +34,7 @@ class OutputSensitivityImportance(BaseImportance):
             quantizer = quantized_model.get_submodule(name).weight_quantizer
             try:
                 weight.copy_(quantizer(original))
-                out = adapter.forward(fp_model, x)
+                out = adapter.forward(fp_model, x, reference=reference)
             finally:
                 weight.copy_(original)
             scores[name] = float(adapter.output_distance(reference, out))

@@ -1,5 +1,9 @@
-from .adapters import ClassifierAdapter
+from .adapters import (ClassifierAdapter, OneStageDetectorAdapter,
+                       TwoStageDetectorAdapter)
 from .ddaq import DDAQ
 from .recorder import OutputRecorder
 
-__all__ = ['ClassifierAdapter', 'DDAQ', 'OutputRecorder']
+__all__ = [
+    'ClassifierAdapter', 'OneStageDetectorAdapter', 'TwoStageDetectorAdapter',
+    'DDAQ', 'OutputRecorder'
+]

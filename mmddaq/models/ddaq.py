@@ -245,7 +245,8 @@ class DDAQ(BaseModel):
             if self.bns_loss is not None:
                 self.bns_loss.enabled = False
         fp_feats = self._fp_rec.pop()
-        q_out = self.adapter.forward(self.quantized, x)
+        q_out = self.adapter.forward(
+            self.quantized, x, reference=_detach(fp_out))
         q_feats = self._q_rec.pop()
         losses = {}
         if self.bns_loss is not None and x.requires_grad:

@@ -5,10 +5,12 @@ from torch import nn
 
 
 class OutputRecorder:
-    """Keep the latest output of each named submodule of a model.
+    """Keep the outputs of named submodules of a model until popped.
 
-    Hooks are attached once and stay until :meth:`remove`; each forward
-    overwrites the stored outputs, so a recorder never grows.
+    Hooks are attached once and stay until :meth:`remove`. A submodule
+    called several times in one forward pass (a head shared by all FPN
+    levels) contributes one output per call, so each entry is a list;
+    :meth:`pop` hands the lists over and starts afresh.
 
     Args:
         model (nn.Module): The model to watch.
@@ -17,7 +19,7 @@ class OutputRecorder:
 
     def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
         self.names: List[str] = list(names)
-        self.outputs: Dict[str, object] = {}
+        self.outputs: Dict[str, list] = {}
         modules = dict(model.named_modules())
         missing = [n for n in self.names if n not in modules]
         if missing:
@@ -32,12 +34,13 @@ class OutputRecorder:
     def _make_hook(self, name: str):
 
         def hook(module, inputs, output):
-            self.outputs[name] = output
+            self.outputs.setdefault(name, []).append(output)
 
         return hook
 
-    def pop(self) -> Dict[str, object]:
-        """Return the recorded outputs and forget them."""
+    def pop(self) -> Dict[str, list]:
+        """Return the recorded outputs (name -> list of outputs per call)
+        and forget them."""
         outputs, self.outputs = self.outputs, {}
         return outputs
 

@@ -54,8 +54,14 @@ class ClassifierAdapter:
         return taps
 
     @staticmethod
-    def forward(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-        """Logits of ``model`` for normalised ``inputs``."""
+    def forward(model: nn.Module,
+                inputs: torch.Tensor,
+                reference=None) -> torch.Tensor:
+        """Logits of ``model`` for normalised ``inputs``.
+
+        ``reference`` (the FP outputs, for adapters whose quantized pass
+        depends on them) is not needed by classifiers.
+        """
         out = model(inputs, mode='tensor')
         if isinstance(out, (tuple, list)):
             out = out[-1]

@@ -1,0 +1,46 @@
+"""How DDAQ runs and compares one-stage detectors (RetinaNet, ...)."""
+from typing import Dict
+
+import torch
+from torch import nn
+
+from mmddaq.registry import MODELS
+from .detector_base import DetectorAdapterBase, box_kd, score_kd
+
+
+@MODELS.register_module()
+class OneStageDetectorAdapter(DetectorAdapterBase):
+    """Task adapter for mmdet single-stage detectors.
+
+    The outputs are the dense head's class scores and box regressions for
+    every FPN level; KD compares them level by level (sigmoid BCE or
+    softmax KL for scores, smooth L1 for boxes). Post-processing (box
+    decoding, NMS) is not part of training and stays in floating point.
+
+    Args:
+        taps (Sequence[str], optional): Submodules compared by D2; defaults
+            to backbone stages, ``neck`` and ``bbox_head``.
+        box_weight (float): Weight of the box KD term. Defaults to 1.
+    """
+
+    head_taps = ('bbox_head', )
+
+    def forward(self, model: nn.Module, inputs: torch.Tensor,
+                reference=None) -> Dict[str, list]:
+        """Per-level head outputs of ``model`` for normalised ``inputs``."""
+        feats = model.extract_feat(inputs)
+        cls_scores, bbox_preds = model.bbox_head(feats)[:2]
+        return dict(cls_scores=list(cls_scores), bbox_preds=list(bbox_preds))
+
+    def distill_loss(self, fp_out: Dict[str, list],
+                     q_out: Dict[str, list]) -> torch.Tensor:
+        """Mean over levels of score KD + ``box_weight`` x box KD."""
+        levels = len(fp_out['cls_scores'])
+        loss = 0.
+        for fp_s, q_s, fp_b, q_b in zip(fp_out['cls_scores'],
+                                        q_out['cls_scores'],
+                                        fp_out['bbox_preds'],
+                                        q_out['bbox_preds']):
+            loss = loss + score_kd(fp_s, q_s, use_sigmoid=True) + \
+                self.box_weight * box_kd(fp_b, q_b)
+        return loss / levels

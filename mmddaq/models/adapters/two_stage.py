@@ -1,0 +1,83 @@
+"""How DDAQ runs and compares two-stage detectors (Faster R-CNN, ...)."""
+from typing import Dict
+
+import torch
+from mmdet.structures.bbox import bbox2roi
+from torch import nn
+
+from mmddaq.registry import MODELS
+from .detector_base import (DetectorAdapterBase, box_kd, score_kd,
+                            synthetic_img_metas)
+
+
+@MODELS.register_module()
+class TwoStageDetectorAdapter(DetectorAdapterBase):
+    """Task adapter for mmdet two-stage detectors.
+
+    Outputs are the RPN's per-level scores and box deltas and the RoI
+    head's class scores and box deltas. To make RoI outputs comparable, the
+    RoI head of *both* models runs on the FP model's proposals: the FP pass
+    (no ``reference``) decodes proposals with the RPN's test settings (in
+    floating point, no gradient) and returns them; the quantized pass gets
+    them back as ``reference``.
+
+    Args:
+        taps (Sequence[str], optional): Submodules compared by D2; defaults
+            to backbone stages, ``neck``, ``rpn_head`` and
+            ``roi_head.bbox_head``.
+        box_weight (float): Weight of the box KD terms. Defaults to 1.
+        max_proposals (int): Proposals per image kept for distillation.
+            Defaults to 256.
+    """
+
+    head_taps = ('rpn_head', 'roi_head.bbox_head')
+
+    def __init__(self, taps=None, box_weight: float = 1.0,
+                 max_proposals: int = 256) -> None:
+        super().__init__(taps, box_weight)
+        self.max_proposals = max_proposals
+
+    def forward(self, model: nn.Module, inputs: torch.Tensor,
+                reference=None) -> Dict[str, object]:
+        """RPN and RoI-head outputs; proposals from the FP pass."""
+        feats = model.extract_feat(inputs)
+        rpn_scores, rpn_deltas = model.rpn_head(feats)
+        if reference is None:
+            cfg = model.test_cfg.rpn.copy()
+            cfg.max_per_img = min(cfg.get('max_per_img', 1000),
+                                  self.max_proposals)
+            with torch.no_grad():
+                proposals = model.rpn_head.predict_by_feat(
+                    [s.detach() for s in rpn_scores],
+                    [d.detach() for d in rpn_deltas],
+                    batch_img_metas=synthetic_img_metas(inputs),
+                    cfg=cfg,
+                    rescale=False)
+            boxes = [p.bboxes for p in proposals]
+        else:
+            boxes = reference['proposals']
+        rois = bbox2roi(boxes)
+        roi_out = model.roi_head._bbox_forward(feats, rois)
+        return dict(
+            rpn_scores=list(rpn_scores),
+            rpn_deltas=list(rpn_deltas),
+            cls_score=roi_out['cls_score'],
+            bbox_pred=roi_out['bbox_pred'],
+            proposals=boxes)
+
+    def distill_loss(self, fp_out: Dict[str, object],
+                     q_out: Dict[str, object]) -> torch.Tensor:
+        """RPN KD (mean over levels) + RoI-head KD on the same RoIs."""
+        levels = len(fp_out['rpn_scores'])
+        rpn = 0.
+        for fp_s, q_s, fp_d, q_d in zip(fp_out['rpn_scores'],
+                                        q_out['rpn_scores'],
+                                        fp_out['rpn_deltas'],
+                                        q_out['rpn_deltas']):
+            rpn = rpn + score_kd(fp_s, q_s, use_sigmoid=True) + \
+                self.box_weight * box_kd(fp_d, q_d)
+        roi = score_kd(fp_out['cls_score'], q_out['cls_score'],
+                       use_sigmoid=False)
+        roi = roi + self.box_weight * box_kd(fp_out['bbox_pred'],
+                                             q_out['bbox_pred'])
+        return rpn / levels + roi

@@ -1,0 +1,146 @@
+"""DDAQ on small mmdet detectors: one-stage and two-stage adapters."""
+import pytest
+import torch
+from mmengine.hub import get_config
+from mmengine.optim import build_optim_wrapper
+from mmengine.registry import MODELS, init_default_scope
+
+from mmddaq.importance import HessianImportance, OutputSensitivityImportance
+from mmddaq.models import DDAQ
+
+SIZE = 64
+TINY_BACKBONE = dict(
+    depth=18, base_channels=16, stem_channels=16, init_cfg=None,
+    frozen_stages=-1)
+TINY_NECK = dict(in_channels=[16, 32, 64, 128], out_channels=32)
+
+
+def tiny_detector(kind):
+    init_default_scope('mmdet')
+    if kind == 'retinanet':
+        cfg = get_config('mmdet::retinanet/retinanet_r50_fpn_1x_coco.py')
+        cfg.model.bbox_head.update(
+            num_classes=5, in_channels=32, feat_channels=32, stacked_convs=1)
+    else:
+        cfg = get_config(
+            'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py')
+        cfg.model.rpn_head.update(in_channels=32, feat_channels=32)
+        cfg.model.roi_head.bbox_roi_extractor.out_channels = 32
+        cfg.model.roi_head.bbox_head.update(
+            num_classes=5, in_channels=32, fc_out_channels=64)
+    cfg.model.backbone.update(TINY_BACKBONE)
+    cfg.model.neck.update(TINY_NECK)
+    return cfg.model
+
+
+def tiny_fp_weights(arch, tmp_path):
+    torch.manual_seed(0)
+    model = MODELS.build(arch)
+    model.train()
+    with torch.no_grad():  # non-trivial BN statistics
+        for _ in range(2):
+            model.extract_feat(torch.randn(4, 3, SIZE, SIZE))
+    path = tmp_path / 'fp.pth'
+    torch.save({'state_dict': model.state_dict()}, path)
+    return str(path)
+
+
+def build(kind, tmp_path, **overrides):
+    arch = tiny_detector(kind)
+    adapter = 'mmddaq.OneStageDetectorAdapter' if kind == 'retinanet' \
+        else 'mmddaq.TwoStageDetectorAdapter'
+    cfg = dict(
+        type='mmddaq.DDAQ',
+        architecture=arch,
+        fp_checkpoint=tiny_fp_weights(arch, tmp_path),
+        input_shape=(3, SIZE, SIZE),
+        quantizer=dict(type='mmddaq.ModelQuantizer', w_bits=4, a_bits=4),
+        generator=dict(type='mmddaq.Generator', img_size=SIZE,
+                       latent_dim=16, base_channels=16, num_upsamples=3),
+        adapter=dict(type=adapter))
+    cfg.update(overrides)
+    torch.manual_seed(0)
+    model = MODELS.build(cfg)
+    model.train()
+    optim = build_optim_wrapper(
+        model,
+        dict(constructor='mmddaq.SubmoduleOptimWrapperConstructor',
+             generator=dict(optimizer=dict(type='Adam', lr=1e-3)),
+             quantized=dict(optimizer=dict(type='Adam', lr=1e-3))))
+    return model, optim
+
+
+def snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize('kind', ['retinanet', 'faster_rcnn'])
+def test_detector_train_step(kind, tmp_path):
+    model, optim = build(kind, tmp_path)
+    assert isinstance(model, DDAQ)
+    # D1 uses the backbone's BN layers (FPN and heads have none)
+    assert model.bns_loss.layer_names
+    assert all(n.startswith('backbone.') for n in model.bns_loss.layer_names)
+    assert 'neck' in model.taps
+    fp0, q0, g0 = (snapshot(model.fp_model), snapshot(model.quantized),
+                   snapshot(model.generator))
+    for _ in range(2):
+        log = model.train_step(dict(batch_size=2), optim)
+    for key in ('loss_g', 'loss_bns', 'loss_dis', 'loss_kd', 'loss_q_dis'):
+        assert torch.isfinite(log[key]), key
+    assert 'loss_ce' not in log  # unconditional generator
+    assert log['loss_kd'] > 0
+    fp1, q1, g1 = (snapshot(model.fp_model), snapshot(model.quantized),
+                   snapshot(model.generator))
+    assert all(torch.equal(fp0[k], fp1[k]) for k in fp0)
+    assert any(not torch.equal(q0[k], q1[k]) for k in q0
+               if k.endswith('.weight'))
+    assert any(not torch.equal(g0[k], g1[k]) for k in g0)
+
+
+def test_two_stage_roi_head_runs_on_fp_proposals(tmp_path):
+    model, _ = build('faster_rcnn', tmp_path)
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        fp_out = model.adapter.forward(model.fp_model, x)
+        q_out = model.adapter.forward(model.quantized, x, reference=fp_out)
+    assert q_out['proposals'] is fp_out['proposals']
+    assert q_out['cls_score'].shape == fp_out['cls_score'].shape
+    assert q_out['cls_score'].shape[1] == 6  # 5 classes + background
+    # identical models give zero distillation loss, quantized ones not
+    same = model.adapter.distill_loss(fp_out, fp_out)
+    assert float(same) == pytest.approx(0., abs=1e-6)
+    assert float(model.adapter.distill_loss(fp_out, q_out)) > 0
+
+
+@pytest.mark.parametrize('kind', ['retinanet', 'faster_rcnn'])
+def test_detector_importance_covers_every_layer(kind, tmp_path):
+    model, _ = build(kind, tmp_path)
+
+    def sample(n):
+        return torch.randn(n, 3, SIZE, SIZE)
+
+    for method in (HessianImportance(batch_size=2, num_batches=1,
+                                     num_probes=1),
+                   OutputSensitivityImportance(batch_size=2)):
+        torch.manual_seed(0)
+        imp = method(model.fp_model, model.quantized, sample, model.adapter)
+        assert any(k.startswith('neck.') for k in imp)
+        head = 'bbox_head.' if kind == 'retinanet' else 'roi_head.'
+        assert any(k.startswith(head) for k in imp)
+        assert sum(imp.values()) / len(imp) == pytest.approx(1.0)
+    model.set_layer_importance(imp)
+    assert set(model.dis_loss.tap_weights) == set(model.taps)
+
+
+def test_quantized_detector_predicts(tmp_path):
+    from mmdet.structures import DetDataSample
+    model, optim = build('retinanet', tmp_path)
+    model.train_step(dict(batch_size=2), optim)
+    model.eval()
+    sample = DetDataSample(metainfo=dict(
+        img_shape=(SIZE, SIZE), ori_shape=(SIZE, SIZE), scale_factor=(1., 1.),
+        pad_shape=(SIZE, SIZE), batch_input_shape=(SIZE, SIZE)))
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, SIZE, SIZE), [sample], mode='predict')
+    assert hasattr(out[0], 'pred_instances')
