@@ -240,14 +240,14 @@ class DDAQ(BaseModel):
         if self.bns_loss is not None:
             self.bns_loss.enabled = True
         try:
-            fp_out = self.adapter.forward(self.fp_model, x)
+            with self._fp_rec.recording() as fp_feats:
+                fp_out = self.adapter.forward(self.fp_model, x)
         finally:
             if self.bns_loss is not None:
                 self.bns_loss.enabled = False
-        fp_feats = self._fp_rec.pop()
-        q_out = self.adapter.forward(
-            self.quantized, x, reference=_detach(fp_out))
-        q_feats = self._q_rec.pop()
+        with self._q_rec.recording() as q_feats:
+            q_out = self.adapter.forward(
+                self.quantized, x, reference=_detach(fp_out))
         losses = {}
         if self.bns_loss is not None and x.requires_grad:
             losses['loss_bns'] = self.bns_loss()
