@@ -5,7 +5,7 @@ MMDDAQ_VENV ?= $(HOME)/.cache/mmddaq/venv-py311-torch2.14.1
 PY := $(MMDDAQ_VENV)/bin/python
 export MMDDAQ_VENV
 
-.PHONY: install test demo benchmark
+.PHONY: install test demo benchmark shapes
 
 install:
 	bash tools/install.sh
@@ -18,3 +18,6 @@ demo: install
 
 benchmark: install
 	$(PY) tools/benchmark.py --suite digits --out docs/benchmarks/digits.json
+
+shapes: install
+	$(PY) tools/make_shapes.py --out data/shapes

@@ -85,8 +85,8 @@ def test_drop_occluded():
         mask[y0:y0 + side, x0:x0 + side] = True
         return dict(label=1, mask=mask)
 
-    # the bottom square is 75 % hidden; once it is gone the middle one is
-    # fully visible again
+    # the bottom square is 75 % hidden (by the middle L and the top square)
+    # and is dropped; the two others stay whole
     objects = [square(0, 0, 4), square(0, 0, 2), square(2, 2, 2)]
     objects[1]['mask'][2:4, 0:2] = True
     kept = drop_occluded(objects, min_visible=0.4)

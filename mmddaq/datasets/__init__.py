@@ -1,3 +1,7 @@
 from .digits import DigitsDataset, load_digits_split
+from .shapes import SHAPES_CLASSES, generate_shapes, shapes_metainfo
 
-__all__ = ['DigitsDataset', 'load_digits_split']
+__all__ = [
+    'DigitsDataset', 'load_digits_split', 'SHAPES_CLASSES', 'generate_shapes',
+    'shapes_metainfo'
+]
