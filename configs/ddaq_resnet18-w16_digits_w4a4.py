@@ -29,12 +29,15 @@ model = dict(
         type='mmddaq.Generator', img_size=32, num_classes=10,
         latent_dim=64, base_channels=64),
     adapter=dict(type='mmddaq.ClassifierAdapter', kd_temperature=1.0),
-    loss_weights=dict(ce=1.0, bns=0.1, dis=1.0, kd=1.0, q_dis=1.0))
+    loss_weights=dict(ce=1.0, bns=1.0, dis=1.0, kd=1.0, q_dis=1.0))
 
 optim_wrapper = dict(
     constructor='mmddaq.SubmoduleOptimWrapperConstructor',
     generator=dict(optimizer=dict(type='Adam', lr=1e-3, betas=(0.5, 0.999))),
-    quantized=dict(optimizer=dict(type='Adam', lr=1e-4)))
+    quantized=dict(
+        optimizer=dict(
+            type='SGD', lr=1e-4, momentum=0.9, nesterov=True,
+            weight_decay=1e-4)))
 
 train_cfg = dict(
     type='mmddaq.DataFreeTrainLoop',
