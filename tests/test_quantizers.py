@@ -214,7 +214,8 @@ def test_state_dict_roundtrip(tmp_path):
         assert torch.equal(fresh(x), q(x))
     for a, b in zip(q.state_dict().values(), fresh.state_dict().values()):
         assert torch.equal(a, b)
-    assert all(bool(m.act_quantizer.frozen) for _, m in quantized_layers(fresh))
+    assert all(
+        bool(m.act_quantizer.frozen) for _, m in quantized_layers(fresh))
 
 
 def test_registered_for_configs():

@@ -46,8 +46,8 @@ def main(argv=None):
     }
     b = args.bits
     ptq = train_and_test(
-        load_config(PTQ_CONFIG, opts), osp.join(args.work_root, f'ptq_w{b}a{b}'),
-        'ptq')
+        load_config(PTQ_CONFIG, opts),
+        osp.join(args.work_root, f'ptq_w{b}a{b}'), 'ptq')
     ddaq_cfg = load_config(DDAQ_CONFIG, opts)
     if args.iters:
         ddaq_cfg.train_cfg.max_iters = args.iters

@@ -25,7 +25,7 @@ def _freeze(module: nn.Module) -> None:
 
 
 def _load_fp_weights(model: nn.Module, checkpoint: str) -> None:
-    """Load a float checkpoint, refusing any key mismatch with a clear error."""
+    """Load FP weights; any key or shape mismatch is a clear error."""
     if '://' in checkpoint:  # URLs go through MMEngine's loaders
         ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
     else:

@@ -12,7 +12,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from mmddaq.registry import MODELS
-from .quantizers import ActivationQuantizer, WeightQuantizer
 
 
 def _build(cfg, default_type):

@@ -36,6 +36,28 @@ def box_kd(fp_boxes: torch.Tensor, q_boxes: torch.Tensor) -> torch.Tensor:
     return F.smooth_l1_loss(q_boxes, fp_boxes.detach(), beta=1.0 / 9)
 
 
+def dense_kd(fp_scores: List[torch.Tensor], q_scores: List[torch.Tensor],
+             fp_boxes: List[torch.Tensor], q_boxes: List[torch.Tensor],
+             box_weight: float) -> torch.Tensor:
+    """KD of a dense head's per-level outputs, averaged over levels.
+
+    Args:
+        fp_scores (list[Tensor]): FP class logits per level (sigmoid).
+        q_scores (list[Tensor]): Quantized class logits per level.
+        fp_boxes (list[Tensor]): FP box deltas per level.
+        q_boxes (list[Tensor]): Quantized box deltas per level.
+        box_weight (float): Weight of the box term.
+
+    Returns:
+        Tensor: The loss.
+    """
+    loss = 0.
+    for fp_s, q_s, fp_b, q_b in zip(fp_scores, q_scores, fp_boxes, q_boxes):
+        loss = loss + score_kd(fp_s, q_s, use_sigmoid=True) + \
+            box_weight * box_kd(fp_b, q_b)
+    return loss / len(fp_scores)
+
+
 def synthetic_img_metas(inputs: torch.Tensor) -> List[dict]:
     """Image metas for generated inputs: unpadded, unscaled images."""
     h, w = inputs.shape[-2:]

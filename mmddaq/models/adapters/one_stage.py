@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from mmddaq.registry import MODELS
-from .detector_base import DetectorAdapterBase, box_kd, score_kd
+from .detector_base import DetectorAdapterBase, dense_kd
 
 
 @MODELS.register_module()
@@ -35,12 +35,6 @@ class OneStageDetectorAdapter(DetectorAdapterBase):
     def distill_loss(self, fp_out: Dict[str, list],
                      q_out: Dict[str, list]) -> torch.Tensor:
         """Mean over levels of score KD + ``box_weight`` x box KD."""
-        levels = len(fp_out['cls_scores'])
-        loss = 0.
-        for fp_s, q_s, fp_b, q_b in zip(fp_out['cls_scores'],
-                                        q_out['cls_scores'],
-                                        fp_out['bbox_preds'],
-                                        q_out['bbox_preds']):
-            loss = loss + score_kd(fp_s, q_s, use_sigmoid=True) + \
-                self.box_weight * box_kd(fp_b, q_b)
-        return loss / levels
+        return dense_kd(fp_out['cls_scores'], q_out['cls_scores'],
+                        fp_out['bbox_preds'], q_out['bbox_preds'],
+                        self.box_weight)

@@ -6,8 +6,8 @@ from mmdet.structures.bbox import bbox2roi
 from torch import nn
 
 from mmddaq.registry import MODELS
-from .detector_base import (DetectorAdapterBase, box_kd, score_kd,
-                            synthetic_img_metas)
+from .detector_base import (DetectorAdapterBase, box_kd, dense_kd,
+                            score_kd, synthetic_img_metas)
 
 
 @MODELS.register_module()
@@ -68,16 +68,11 @@ class TwoStageDetectorAdapter(DetectorAdapterBase):
     def distill_loss(self, fp_out: Dict[str, object],
                      q_out: Dict[str, object]) -> torch.Tensor:
         """RPN KD (mean over levels) + RoI-head KD on the same RoIs."""
-        levels = len(fp_out['rpn_scores'])
-        rpn = 0.
-        for fp_s, q_s, fp_d, q_d in zip(fp_out['rpn_scores'],
-                                        q_out['rpn_scores'],
-                                        fp_out['rpn_deltas'],
-                                        q_out['rpn_deltas']):
-            rpn = rpn + score_kd(fp_s, q_s, use_sigmoid=True) + \
-                self.box_weight * box_kd(fp_d, q_d)
+        rpn = dense_kd(fp_out['rpn_scores'], q_out['rpn_scores'],
+                       fp_out['rpn_deltas'], q_out['rpn_deltas'],
+                       self.box_weight)
         roi = score_kd(fp_out['cls_score'], q_out['cls_score'],
                        use_sigmoid=False)
         roi = roi + self.box_weight * box_kd(fp_out['bbox_pred'],
                                              q_out['bbox_pred'])
-        return rpn / levels + roi
+        return rpn + roi
