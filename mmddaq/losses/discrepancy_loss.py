@@ -5,16 +5,7 @@ import torch
 from torch import nn
 
 from mmddaq.registry import MODELS
-
-
-def _flatten(output) -> list:
-    if isinstance(output, torch.Tensor):
-        return [output]
-    if isinstance(output, (list, tuple)):
-        return [t for o in output for t in _flatten(o)]
-    if isinstance(output, dict):
-        return [t for o in output.values() for t in _flatten(o)]
-    return []
+from mmddaq.utils.nested import flatten_tensors
 
 
 def normalized_mse(fp, q, eps: float = 1e-8) -> torch.Tensor:
@@ -23,7 +14,7 @@ def normalized_mse(fp, q, eps: float = 1e-8) -> torch.Tensor:
     Scale-free, so taps of very different magnitude (stage features,
     logits, box deltas) can be summed with plain weights.
     """
-    fps, qs = _flatten(fp), _flatten(q)
+    fps, qs = flatten_tensors(fp), flatten_tensors(q)
     if len(fps) != len(qs) or not fps:
         raise ValueError('FP and quantized tap outputs do not match')
     num = sum(((a.float() - b.float())**2).sum() for a, b in zip(fps, qs))

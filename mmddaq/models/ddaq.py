@@ -14,6 +14,7 @@ from mmddaq.losses import BNStatisticsLoss, DiscrepancyLoss
 from mmddaq.quantization import observation_disabled, quantized_layers
 from mmddaq.registry import MODELS
 from mmddaq.utils.checkpoint import load_checkpoint_safe
+from mmddaq.utils.nested import detach_nested
 from .recorder import OutputRecorder
 
 DEFAULT_LOSS_WEIGHTS = dict(ce=1.0, bns=0.1, dis=1.0, kd=1.0, q_dis=1.0)
@@ -234,31 +235,38 @@ class DDAQ(BaseModel):
             self.train(training)
         return x
 
-    def _losses_on(self, x, labels, need_dis_grad: bool):
-        """Forward both models on ``x`` and compute every active loss."""
+    def _losses_on(self, x, labels, need_dis_grad: bool, need_q_grad: bool):
+        """Forward both models on ``x`` and compute every active loss.
+
+        Only what a backward pass will use is recorded with autograd: D1 and
+        CE when ``x`` comes from the generator, the quantized model's graph
+        when it is updated or D2 reaches the generator through it.
+        """
         w = self.loss_weights
-        if self.bns_loss is not None:
+        use_d1 = self.bns_loss is not None and x.requires_grad
+        if use_d1:
             self.bns_loss.enabled = True
         try:
             with self._fp_rec.recording() as fp_feats:
                 fp_out = self.adapter.forward(self.fp_model, x)
         finally:
-            if self.bns_loss is not None:
+            if use_d1:
                 self.bns_loss.enabled = False
-        with self._q_rec.recording() as q_feats:
-            q_out = self.adapter.forward(
-                self.quantized, x, reference=_detach(fp_out))
+        fp_out_d = detach_nested(fp_out)
+        with torch.set_grad_enabled(need_q_grad), \
+                self._q_rec.recording() as q_feats:
+            q_out = self.adapter.forward(self.quantized, x, reference=fp_out_d)
         losses = {}
-        if self.bns_loss is not None and x.requires_grad:
+        if use_d1:
             losses['loss_bns'] = self.bns_loss()
         if labels is not None and w['ce'] > 0 and x.requires_grad:
             losses['loss_ce'] = self.adapter.task_loss(fp_out, labels)
         if need_dis_grad:
             losses['loss_dis'] = self.dis_loss(fp_feats, q_feats)
-        fp_feats_d = {k: _detach(v) for k, v in fp_feats.items()}
-        losses['loss_kd'] = self.adapter.distill_loss(_detach(fp_out), q_out)
+        losses['loss_kd'] = self.adapter.distill_loss(fp_out_d, q_out)
         if w['q_dis'] > 0:
-            losses['loss_q_dis'] = self.dis_loss(fp_feats_d, q_feats)
+            losses['loss_q_dis'] = self.dis_loss(detach_nested(fp_feats),
+                                                 q_feats)
         return fp_out, q_out, losses
 
     def train_step(self, data: Union[dict, list],
@@ -291,7 +299,8 @@ class DDAQ(BaseModel):
 
         g_params = list(self.generator.parameters()) if update_g else []
         q_params = [p for p in self.quantized.parameters() if p.requires_grad]
-        fp_out, q_out, losses = self._losses_on(x, labels, need_dis_grad)
+        fp_out, q_out, losses = self._losses_on(
+            x, labels, need_dis_grad, need_q_grad=update_q or need_dis_grad)
 
         log_vars = {}
         if update_g:
@@ -351,16 +360,6 @@ class DDAQ(BaseModel):
     def forward(self, inputs, data_samples=None, mode: str = 'tensor'):
         with observation_disabled(self.quantized):
             return self._eval_target()(inputs, data_samples, mode=mode)
-
-
-def _detach(value):
-    if isinstance(value, torch.Tensor):
-        return value.detach()
-    if isinstance(value, (list, tuple)):
-        return type(value)(_detach(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _detach(v) for k, v in value.items()}
-    return value
 
 
 __all__: List[str] = ['DDAQ']

@@ -57,12 +57,6 @@ class OutputRecorder:
         finally:
             self.enabled = False
 
-    def pop(self) -> Dict[str, list]:
-        """Return the recorded outputs (name -> list of outputs per call)
-        and forget them."""
-        outputs, self.outputs = self.outputs, {}
-        return outputs
-
     def remove(self) -> None:
         """Detach the hooks."""
         for h in self._handles:

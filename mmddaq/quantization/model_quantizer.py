@@ -22,9 +22,8 @@ def quantizable_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
         list[tuple[str, nn.Module]]: ``(name, module)`` pairs.
     """
     return [(name, m) for name, m in model.named_modules()
-            if type(m) in QUANT_MODULE_MAP
-            or (isinstance(m, tuple(QUANT_MODULE_MAP))
-                and not isinstance(m, QUANT_MODULES))]
+            if isinstance(m, tuple(QUANT_MODULE_MAP))
+            and not isinstance(m, QUANT_MODULES)]
 
 
 def quantized_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:

@@ -1,10 +1,10 @@
 """Calibrate activation ranges for a while, then freeze them."""
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 
 from mmddaq.quantization import (calibrate_activations, freeze_activations,
                                  step_activation_observers)
 from mmddaq.registry import HOOKS
+from .utils import algorithm_of
 
 
 @HOOKS.register_module()
@@ -29,8 +29,7 @@ class ActivationCalibrationHook(Hook):
 
     @staticmethod
     def _quantized(runner):
-        model = runner.model.module if is_model_wrapper(runner.model) \
-            else runner.model
+        model = algorithm_of(runner)
         return model.quantized
 
     def before_train(self, runner) -> None:

@@ -1,11 +1,11 @@
 """Distil a fixed pool of inputs from BN statistics (ZeroQ-style)."""
 import torch
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 from mmengine.utils import ProgressBar
 
 from mmddaq.losses import BNStatisticsLoss
 from mmddaq.registry import HOOKS
+from .utils import algorithm_of
 
 
 @HOOKS.register_module()
@@ -37,8 +37,7 @@ class DistilledSamplesHook(Hook):
         self.batch_size = batch_size
 
     def before_train(self, runner) -> None:
-        model = runner.model.module if is_model_wrapper(runner.model) \
-            else runner.model
+        model = algorithm_of(runner)
         if model.sample_pool.numel():
             return
         device = model.device_of()

@@ -4,9 +4,9 @@ import os.path as osp
 
 import torch
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 
 from mmddaq.registry import HOOKS, IMPORTANCE
+from .utils import algorithm_of
 
 
 @HOOKS.register_module()
@@ -37,8 +37,7 @@ class LayerImportanceHook(Hook):
         self.sample_source = sample_source
 
     def before_train(self, runner) -> None:
-        model = runner.model.module if is_model_wrapper(runner.model) \
-            else runner.model
+        model = algorithm_of(runner)
         if model.layer_importance:
             runner.logger.info('Layer importance restored from checkpoint.')
             return

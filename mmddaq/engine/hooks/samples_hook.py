@@ -4,10 +4,10 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 from torchvision.utils import make_grid
 
 from mmddaq.registry import HOOKS
+from .utils import algorithm_of
 
 
 def to_display(images: torch.Tensor, mean: Sequence[float],
@@ -58,8 +58,7 @@ class GeneratedSamplesHook(Hook):
         return mean, std
 
     def _save(self, runner, step: int) -> None:
-        model = runner.model.module if is_model_wrapper(runner.model) \
-            else runner.model
+        model = algorithm_of(runner)
         images = model.generate(self.num_samples)
         if images.shape[1] != 3:
             images = images[:, :1].repeat(1, 3, 1, 1)

@@ -5,6 +5,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mmddaq.utils.nested import detach_nested
+
 
 def score_kd(fp_scores: torch.Tensor, q_scores: torch.Tensor,
              use_sigmoid: bool) -> torch.Tensor:
@@ -119,18 +121,8 @@ class DetectorAdapterBase:
         Gauss-Newton matrix of the outputs, which is what the layer
         sensitivity needs.
         """
-        return self.distill_loss(_detach_all(out), out)
+        return self.distill_loss(detach_nested(out), out)
 
     def output_distance(self, ref, out) -> torch.Tensor:
         """How far ``out`` is from the reference outputs ``ref``."""
         return self.distill_loss(ref, out)
-
-
-def _detach_all(value):
-    if isinstance(value, torch.Tensor):
-        return value.detach()
-    if isinstance(value, (list, tuple)):
-        return type(value)(_detach_all(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _detach_all(v) for k, v in value.items()}
-    return value
