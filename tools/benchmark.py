@@ -1,6 +1,10 @@
 """Accuracy and cost benchmarks of mmddaq against its baselines.
 
     python tools/benchmark.py --suite digits --out docs/benchmarks/digits.json
+    python tools/benchmark.py --suite shapes-retinanet \
+        --out docs/benchmarks/shapes.json --bits 8 4
+    python tools/benchmark.py --config my_ddaq_detector.py \
+        --checkpoint my_fp.pth --out results.json --bits 8 4
     python tools/benchmark.py --report docs/benchmarks/digits.json \
         --markdown docs/benchmarks.md
 
@@ -8,6 +12,11 @@ Each result is one JSON row::
 
     {"suite", "model", "method", "w_bits", "a_bits", "seed", "metric",
      "value", "seconds"}
+
+Suites ``digits``, ``shapes-retinanet`` and ``shapes-faster-rcnn`` train
+their FP model (and generate the shapes data) when missing. With ``--config``
+any DDAQ config is benchmarked the same way; the baselines and ablations are
+derived from it (:mod:`mmddaq.apis.baselines`).
 
 Rows are appended to ``--out`` as soon as a run ends, so a long benchmark
 can be interrupted and continued (runs already in the file are skipped).
@@ -23,8 +32,13 @@ import time
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import mmddaq  # noqa: E402,F401
-from mmddaq.apis import (ensure_fp_checkpoint, load_config,  # noqa: E402
-                         test_checkpoint, train_and_test)
+from mmddaq.apis import (build_runner, ensure_fp_checkpoint,  # noqa: E402
+                         load_config, train_and_test)
+from mmddaq.apis.baselines import DERIVED_METHODS, derive_method  # noqa: E402
+from mmddaq.datasets import ensure_shapes  # noqa: E402
+
+DETECTION_METRICS = dict(bbox_mAP='coco/bbox_mAP',
+                         bbox_mAP_50='coco/bbox_mAP_50')
 
 SUITES = {
     'digits':
@@ -32,8 +46,8 @@ SUITES = {
         model='resnet18-w16',
         fp_config='configs/fp_resnet18-w16_digits.py',
         fp_work_dir='work_dirs/fp_resnet18-w16_digits',
-        metric='accuracy/top1',
-        metric_name='top1',
+        ddaq_config='configs/ddaq_resnet18-w16_digits_w4a4.py',
+        metrics=dict(top1='accuracy/top1'),
         methods=dict(
             ptq='configs/baselines/ptq_resnet18-w16_digits_w4a4.py',
             zeroq='configs/baselines/zeroq_resnet18-w16_digits_w4a4.py',
@@ -49,7 +63,27 @@ SUITES = {
                 'configs/ablations/ddaq-uniform_resnet18-w16_digits_w4a4.py',
             }),
         # calibration-only methods are also run at 8 bits
-        ptq_methods=('ptq', 'zeroq')),
+        methods_8bit=('ptq', 'zeroq')),
+    'shapes-retinanet':
+    dict(
+        model='retinanet-r18-w16',
+        fp_config='configs/fp_retinanet_r18-w16_shapes.py',
+        fp_work_dir='work_dirs/fp_retinanet_r18-w16_shapes',
+        ddaq_config='configs/ddaq_retinanet_r18-w16_shapes_w4a4.py',
+        metrics=DETECTION_METRICS,
+        methods={m: None for m in DERIVED_METHODS},  # derived from ddaq
+        methods_8bit=('ptq', 'zeroq', 'ddaq'),
+        data='shapes'),
+    'shapes-faster-rcnn':
+    dict(
+        model='faster-rcnn-r18-w16',
+        fp_config='configs/fp_faster-rcnn_r18-w16_shapes.py',
+        fp_work_dir='work_dirs/fp_faster-rcnn_r18-w16_shapes',
+        ddaq_config='configs/ddaq_faster-rcnn_r18-w16_shapes_w4a4.py',
+        metrics=DETECTION_METRICS,
+        methods={m: None for m in DERIVED_METHODS},
+        methods_8bit=('ptq', 'zeroq', 'ddaq'),
+        data='shapes'),
 }
 METHOD_ORDER = ('fp', 'ptq', 'zeroq', 'gdfq', 'qat', 'ddaq', 'ddaq-no-d1',
                 'ddaq-no-d2', 'ddaq-uniform')
@@ -58,11 +92,20 @@ METHOD_ORDER = ('fp', 'ptq', 'zeroq', 'gdfq', 'qat', 'ddaq', 'ddaq-no-d1',
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--suite', choices=sorted(SUITES))
+    p.add_argument('--config',
+                   help='benchmark this DDAQ config instead of a suite '
+                   '(baselines are derived from it)')
+    p.add_argument('--checkpoint',
+                   help='FP checkpoint of --config (its fp_checkpoint '
+                   'by default)')
+    p.add_argument('--metric', nargs='+',
+                   help='NAME=KEY pairs of test metrics to record with '
+                   '--config (default: from its test_evaluator)')
     p.add_argument('--out', help='JSON file of result rows (appended)')
     p.add_argument('--methods', nargs='+', choices=METHOD_ORDER,
                    default=list(METHOD_ORDER))
     p.add_argument('--bits', nargs='+', type=int, default=[8, 4, 3],
-                   help='WxAx settings (8 only for calibration methods)')
+                   help='WxAx settings (8 only for the 8-bit methods)')
     p.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
     p.add_argument('--iters', type=int, default=None,
                    help='override max_iters of training methods')
@@ -72,7 +115,12 @@ def parse_args(argv=None):
     p.add_argument('--report', help='JSON file to summarise')
     p.add_argument('--markdown', help='write the summary table here')
     p.add_argument('--plot', help='write accuracy vs bits (PNG) here')
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.suite and args.config:
+        p.error('give either --suite or --config, not both')
+    if args.checkpoint and not args.config:
+        p.error('--checkpoint goes with --config')
+    return args
 
 
 def _load_rows(path):
@@ -95,37 +143,94 @@ def _done(rows, suite, method, bits, seed):
                and r['w_bits'] == bits and r['seed'] == seed for r in rows)
 
 
+def _default_metrics(cfg):
+    """Metrics to record for a user config, from its test evaluator."""
+    evaluator = cfg.get('test_evaluator') or {}
+    if isinstance(evaluator, (list, tuple)):
+        evaluator = evaluator[0] if evaluator else {}
+    kind = str(evaluator.get('type', '')).split('.')[-1]
+    if kind == 'CocoMetric':
+        return dict(DETECTION_METRICS)
+    if kind == 'Accuracy':
+        return dict(top1='accuracy/top1')
+    raise SystemExit(f'cannot tell which metric of test_evaluator "{kind}" '
+                     'to record; pass --metric NAME=KEY')
+
+
+def suite_from_config(args):
+    """A suite definition that benchmarks the user's DDAQ config."""
+    cfg = load_config(osp.abspath(args.config))
+    if args.metric:
+        bad = [m for m in args.metric if '=' not in m]
+        if bad:
+            raise SystemExit(f'--metric takes NAME=KEY, got {bad}')
+        metrics = dict(m.split('=', 1) for m in args.metric)
+    else:
+        metrics = _default_metrics(cfg)
+    checkpoint = args.checkpoint or cfg.model.get('fp_checkpoint')
+    if not checkpoint:
+        raise SystemExit('no FP checkpoint: pass --checkpoint or set '
+                         'model.fp_checkpoint in the config')
+    if '://' not in checkpoint and not osp.isfile(checkpoint):
+        raise SystemExit(f'FP checkpoint "{checkpoint}" does not exist')
+    name = osp.splitext(osp.basename(args.config))[0]
+    return name, dict(
+        model=name, ddaq_config=osp.abspath(args.config),
+        fp_checkpoint=checkpoint, metrics=metrics,
+        methods={m: None for m in DERIVED_METHODS},
+        methods_8bit=('ptq', 'zeroq', 'ddaq'))
+
+
+def method_config(suite, method, options):
+    """The config of ``method`` in ``suite`` with ``options`` merged."""
+    path = suite['methods'][method]
+    if path is not None:
+        return load_config(path, options)
+    return derive_method(load_config(suite['ddaq_config'], options), method)
+
+
 def run_suite(args):
-    suite = SUITES[args.suite]
+    if args.config:
+        name, suite = suite_from_config(args)
+    else:
+        name, suite = args.suite, SUITES[args.suite]
+    if suite.get('data') == 'shapes':
+        ensure_shapes()
     rows = _load_rows(args.out)
-    fp_ckpt = ensure_fp_checkpoint(suite['fp_config'], suite['fp_work_dir'])
+    fp_ckpt = suite.get('fp_checkpoint') or ensure_fp_checkpoint(
+        suite['fp_config'], suite['fp_work_dir'])
 
-    def add(method, bits, seed, value, seconds, metric=None):
-        rows.append(
-            dict(suite=args.suite, model=suite['model'], method=method,
-                 w_bits=bits, a_bits=bits, seed=seed,
-                 metric=metric or suite['metric_name'], value=value,
-                 seconds=round(seconds, 2)))
+    def add(method, bits, seed, metrics, seconds):
+        for metric, key in suite['metrics'].items():
+            value = metrics[key]
+            rows.append(
+                dict(suite=name, model=suite['model'], method=method,
+                     w_bits=bits, a_bits=bits, seed=seed, metric=metric,
+                     value=value, seconds=round(seconds, 2)))
+            print(f'[benchmark] {name} {method} W{bits}A{bits} seed {seed}: '
+                  f'{metric} = {value:.4f} ({seconds:.0f} s)', flush=True)
         _save_rows(args.out, rows)
-        print(f'[benchmark] {method} W{bits}A{bits} seed {seed}: '
-              f'{metric or suite["metric_name"]} = {value:.4f} '
-              f'({seconds:.0f} s)', flush=True)
 
-    if 'fp' in args.methods and not _done(rows, args.suite, 'fp', 32, 0):
+    if 'fp' in args.methods and not _done(rows, name, 'fp', 32, 0):
+        # the FP model evaluated through the DDAQ config: same data, same
+        # metric, same weights loading as every quantized method
         start = time.perf_counter()
-        m = test_checkpoint(
-            load_config(suite['fp_config']), fp_ckpt,
-            osp.join(args.work_root, args.suite, 'fp'), 'fp')
-        add('fp', 32, 0, m[suite['metric']], time.perf_counter() - start)
+        cfg = load_config(suite['ddaq_config'],
+                          {'model.fp_checkpoint': fp_ckpt,
+                           'model.eval_model': 'fp'})
+        runner = build_runner(cfg, osp.join(args.work_root, name, 'fp'),
+                              'fp')
+        m = {k: float(v) for k, v in runner.test().items()}
+        add('fp', 32, 0, m, time.perf_counter() - start)
 
     for method in args.methods:
-        if method == 'fp':
+        if method == 'fp' or method not in suite['methods']:
             continue
         for bits in args.bits:
-            if bits == 8 and method not in suite['ptq_methods']:
+            if bits == 8 and method not in suite['methods_8bit']:
                 continue
             for seed in args.seeds:
-                if _done(rows, args.suite, method, bits, seed):
+                if _done(rows, name, method, bits, seed):
                     continue
                 opts = {
                     'model.fp_checkpoint': fp_ckpt,
@@ -133,22 +238,26 @@ def run_suite(args):
                     'model.quantizer.a_bits': bits,
                     'randomness.seed': seed,
                 }
-                cfg = load_config(suite['methods'][method], opts)
+                cfg = method_config(suite, method, opts)
                 trains = cfg.train_cfg.warmup_iters < cfg.train_cfg.max_iters
                 if args.iters and trains:
                     cfg.train_cfg.max_iters = args.iters
                     cfg.train_cfg.val_interval = args.iters
-                name = f'{method}_w{bits}a{bits}_s{seed}'
-                m = train_and_test(
-                    cfg, osp.join(args.work_root, args.suite, name), name)
-                add(method, bits, seed, m[suite['metric']], m['seconds'])
+                run = f'{method}_w{bits}a{bits}_s{seed}'
+                m = train_and_test(cfg, osp.join(args.work_root, name, run),
+                                   run)
+                add(method, bits, seed, m, m['seconds'])
 
     if args.cost:
         from mmddaq.apis.cost import ddaq_iter_over_fp_step
-        cfg = load_config(suite['methods']['ddaq'],
+        cfg = load_config(suite['ddaq_config'],
                           {'model.fp_checkpoint': fp_ckpt})
         ratio, seconds = ddaq_iter_over_fp_step(cfg)
-        add('ddaq', 4, 0, ratio, seconds, metric='iter_over_fp_step')
+        rows.append(
+            dict(suite=name, model=suite['model'], method='ddaq', w_bits=4,
+                 a_bits=4, seed=0, metric='iter_over_fp_step', value=ratio,
+                 seconds=round(seconds, 2)))
+        _save_rows(args.out, rows)
     return rows
 
 
@@ -165,6 +274,10 @@ def summarise(rows):
     return out
 
 
+def _fmt(metric, value):
+    return f'{value:.2f}' if metric == 'top1' else f'{value:.3f}'
+
+
 def markdown_table(rows) -> str:
     summary = summarise(rows)
     suites = sorted({k[0] for k in summary})
@@ -179,9 +292,9 @@ def markdown_table(rows) -> str:
                           reverse=True)
             fp = summary.get((suite, 'fp', 32, metric))
             lines.append(f'\n### {suite}: {metric} (mean ± std over seeds, '
-                         f'n = runs)\n')
+                         f'n = runs{", % of FP" if fp else ""})\n')
             if fp:
-                lines.append(f'FP: **{fp[0]:.2f}**\n')
+                lines.append(f'FP: **{_fmt(metric, fp[0])}**\n')
             lines.append('| method | ' + ' | '.join(
                 f'W{b}A{b}' for b in bits) + ' |')
             lines.append('|---|' + '---|' * len(bits))
@@ -189,8 +302,14 @@ def markdown_table(rows) -> str:
                 cells = []
                 for b in bits:
                     s = summary.get((suite, method, b, metric))
-                    cells.append('' if s is None else
-                                 f'{s[0]:.2f} ± {s[1]:.2f} (n={s[2]})')
+                    if s is None:
+                        cells.append('')
+                        continue
+                    cell = (f'{_fmt(metric, s[0])} ± {_fmt(metric, s[1])} '
+                            f'(n={s[2]}')
+                    if fp and fp[0]:
+                        cell += f', {100 * s[0] / fp[0]:.1f}%'
+                    cells.append(cell + ')')
                 if any(cells):
                     lines.append(f'| {method} | ' + ' | '.join(cells) + ' |')
         for key, s in sorted(summary.items()):
@@ -200,16 +319,25 @@ def markdown_table(rows) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def plot_accuracy_vs_bits(rows, path):
+def plot_accuracy_vs_bits(rows, path, suite=None, metric=None):
+    """Plot ``metric`` of ``suite`` against bits, one line per method.
+
+    The suite and metric default to those of the first row.
+    """
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    summary = summarise(rows)
+    rows = [r for r in rows if r['metric'] != 'iter_over_fp_step']
+    if not rows:
+        raise SystemExit('no accuracy rows to plot')
+    suite = suite or rows[0]['suite']
+    metric = metric or rows[0]['metric']
+    summary = {k: v for k, v in summarise(rows).items()
+               if k[0] == suite and k[3] == metric}
     fig, ax = plt.subplots(figsize=(6, 4))
     fp = [v for k, v in summary.items() if k[1] == 'fp']
     for method in METHOD_ORDER[1:]:
-        pts = sorted((k[2], v) for k, v in summary.items()
-                     if k[1] == method and k[3] != 'iter_over_fp_step')
+        pts = sorted((k[2], v) for k, v in summary.items() if k[1] == method)
         if not pts:
             continue
         ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts],
@@ -217,8 +345,9 @@ def plot_accuracy_vs_bits(rows, path):
                     label=method)
     if fp:
         ax.axhline(fp[0][0], color='k', linestyle='--', label='fp')
+    ax.set_title(suite)
     ax.set_xlabel('bits (weights = activations)')
-    ax.set_ylabel('top-1 (%)')
+    ax.set_ylabel('top-1 (%)' if metric == 'top1' else metric)
     ax.set_xticks(sorted({k[2] for k in summary if k[2] != 32}))
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
@@ -228,9 +357,9 @@ def plot_accuracy_vs_bits(rows, path):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.suite:
+    if args.suite or args.config:
         if not args.out:
-            raise SystemExit('--suite needs --out FILE.json')
+            raise SystemExit('--suite/--config needs --out FILE.json')
         run_suite(args)
     rows = _load_rows(args.report or args.out)
     if args.markdown:
@@ -238,7 +367,7 @@ def main(argv=None):
             f.write(markdown_table(rows))
     if args.plot:
         plot_accuracy_vs_bits(rows, args.plot)
-    if not args.suite and not args.markdown and not args.plot:
+    if not (args.suite or args.config or args.markdown or args.plot):
         print(markdown_table(rows))
 
 

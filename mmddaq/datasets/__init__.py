@@ -1,7 +1,9 @@
 from .digits import DigitsDataset, load_digits_split
-from .shapes import SHAPES_CLASSES, generate_shapes, shapes_metainfo
+from .shapes import (SHAPES_CLASSES, ensure_shapes, generate_shapes,
+                     shapes_metainfo)
 
 __all__ = [
-    'DigitsDataset', 'load_digits_split', 'SHAPES_CLASSES', 'generate_shapes',
+    'DigitsDataset', 'load_digits_split', 'SHAPES_CLASSES', 'ensure_shapes',
+    'generate_shapes',
     'shapes_metainfo'
 ]

@@ -17,7 +17,7 @@ import json
 import os
 import os.path as osp
 import zlib
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -516,3 +516,22 @@ def is_generated(out_dir: str, split: str, num_images: int,
     return all(
         osp.isfile(osp.join(out_dir, split, img['file_name']))
         for img in coco['images'])
+
+
+def ensure_shapes(out_dir: str = 'data/shapes',
+                  splits: Optional[Dict[str, int]] = None,
+                  logger=print) -> None:
+    """Generate the default shapes splits that are missing or outdated.
+
+    Args:
+        out_dir (str): Root of the set. Defaults to ``'data/shapes'``.
+        splits (dict[str, int], optional): Images per split. Defaults to
+            800 train and 200 val images, what the shapes configs expect.
+        logger (Callable): Where progress messages go.
+    """
+    splits = splits or dict(train=800, val=200)
+    for split, num_images in splits.items():
+        if not is_generated(out_dir, split, num_images):
+            logger(f'Generating the shapes {split} split ({num_images} '
+                   f'images) into {out_dir}')
+            generate_shapes(out_dir, split, num_images)

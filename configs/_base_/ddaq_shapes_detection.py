@@ -1,0 +1,46 @@
+# Data-free quantization of a small detector of the offline shapes testbed,
+# evaluated on the shapes val split (the train split is never read). Child
+# configs add a model base from ./models/ and build
+# model = dict(type='mmddaq.DDAQ', architecture={{_base_.model}}, ...) from
+# the shared pieces below. A few CPU minutes per run.
+_base_ = [
+    './datasets/shapes_detection.py',
+    'mmdet::_base_/default_runtime.py',
+]
+custom_imports = dict(imports=['mmddaq'], allow_failed_imports=False)
+runner_type = 'mmddaq.DataFreeRunner'
+
+# generated images: the detector's normalised input space, 128x128
+input_shape = (3, 128, 128)
+generator = dict(
+    type='mmddaq.Generator', img_size=128, num_classes=None, latent_dim=64,
+    base_channels=64, num_upsamples=4)
+loss_weights = dict(ce=0., bns=1.0, dis=1.0, kd=1.0, q_dis=1.0)
+
+train_dataloader = None  # data-free: the generator makes every batch
+train_cfg = dict(
+    type='mmddaq.DataFreeTrainLoop',
+    max_iters=400,
+    batch_size=8,
+    warmup_iters=50,
+    val_interval=200)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+optim_wrapper = dict(
+    constructor='mmddaq.SubmoduleOptimWrapperConstructor',
+    generator=dict(optimizer=dict(type='Adam', lr=1e-3, betas=(0.5, 0.999))),
+    quantized=dict(
+        optimizer=dict(type='SGD', lr=1e-4, momentum=0.9, nesterov=True,
+                       weight_decay=1e-4),
+        clip_grad=dict(max_norm=10, norm_type=2)))
+log_processor = dict(by_epoch=False)
+default_hooks = dict(
+    logger=dict(type='LoggerHook', interval=20),
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=100000,
+                    save_last=True, max_keep_ckpts=2))
+custom_hooks = [
+    dict(type='mmddaq.LayerImportanceHook',
+         method=dict(type='HessianImportance', batch_size=4)),
+    dict(type='mmddaq.ActivationCalibrationHook', calib_iters=50),
+    dict(type='mmddaq.GeneratedSamplesHook', interval=200, num_samples=16),
+]

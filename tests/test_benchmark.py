@@ -1,0 +1,114 @@
+"""Baselines derived from a DDAQ config, and the benchmark's --config form."""
+import importlib.util
+import json
+import os.path as osp
+
+import pytest
+
+from conftest import DDAQ_CONFIG, ROOT, tiny_ddaq_options
+from mmddaq.apis import load_config
+from mmddaq.apis.baselines import DERIVED_METHODS, derive_method
+
+DIGITS_FILES = {
+    'ptq': 'configs/baselines/ptq_resnet18-w16_digits_w4a4.py',
+    'zeroq': 'configs/baselines/zeroq_resnet18-w16_digits_w4a4.py',
+    'gdfq': 'configs/baselines/gdfq_resnet18-w16_digits_w4a4.py',
+    'ddaq-no-d1': 'configs/ablations/ddaq-no-d1_resnet18-w16_digits_w4a4.py',
+    'ddaq-no-d2': 'configs/ablations/ddaq-no-d2_resnet18-w16_digits_w4a4.py',
+    'ddaq-uniform':
+    'configs/ablations/ddaq-uniform_resnet18-w16_digits_w4a4.py',
+}
+
+
+def _benchmark_module():
+    spec = importlib.util.spec_from_file_location(
+        'mmddaq_benchmark_tool', osp.join(ROOT, 'tools', 'benchmark.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _recipe(cfg):
+    """What distinguishes the methods: losses, samples, schedule, hooks."""
+    hooks = sorted(
+        (h['type'].split('.')[-1],
+         h.get('method', {}).get('type', '') if isinstance(
+             h.get('method'), dict) else '') for h in cfg.custom_hooks
+        if h['type'].split('.')[-1] != 'GeneratedSamplesHook')
+    return dict(
+        loss_weights={k: float(v) for k, v in cfg.model.loss_weights.items()},
+        sample_source=cfg.model.get('sample_source', 'generator'),
+        generator=cfg.model.get('generator') is not None,
+        max_iters=cfg.train_cfg.max_iters,
+        warmup_iters=cfg.train_cfg.warmup_iters,
+        hooks=hooks)
+
+
+@pytest.mark.parametrize('method', sorted(DIGITS_FILES))
+def test_derived_method_matches_the_digits_config_file(method):
+    derived = derive_method(load_config(DDAQ_CONFIG), method)
+    written = load_config(DIGITS_FILES[method])
+    assert _recipe(derived) == _recipe(written)
+
+
+def test_derive_keeps_ddaq_and_leaves_the_input_alone():
+    cfg = load_config(DDAQ_CONFIG)
+    before = cfg.pretty_text
+    assert derive_method(cfg, 'ddaq').pretty_text == before
+    derive_method(cfg, 'ptq')
+    assert cfg.pretty_text == before
+
+
+def test_derive_errors_are_clear():
+    with pytest.raises(ValueError, match='unknown method "qat2"'):
+        derive_method(load_config(DDAQ_CONFIG), 'qat2')
+    fp = load_config('configs/fp_resnet18-w16_digits.py')
+    with pytest.raises(ValueError, match='derived from a DDAQ config'):
+        derive_method(fp, 'ptq')
+
+
+def test_detection_configs_derive_every_method():
+    cfg = load_config('configs/ddaq_retinanet_r18-w16_shapes_w4a4.py')
+    for method in DERIVED_METHODS:
+        derived = derive_method(cfg, method)
+        assert derived.model.type == 'mmddaq.DDAQ'
+    gdfq = derive_method(cfg, 'gdfq')
+    # unconditional generator: BN statistics only, no CE
+    assert gdfq.model.loss_weights.ce == 0
+    assert gdfq.model.loss_weights.dis == 0
+
+
+def test_benchmark_config_form(tiny_fp_checkpoint, tmp_path):
+    cfg = load_config(DDAQ_CONFIG, tiny_ddaq_options(tiny_fp_checkpoint))
+    config = str(tmp_path / 'my_ddaq.py')
+    cfg.dump(config)
+    out = str(tmp_path / 'rows.json')
+    argv = [
+        '--config', config, '--checkpoint', tiny_fp_checkpoint, '--out', out,
+        '--methods', 'fp', 'ptq', 'ddaq', '--bits', '4', '--seeds', '0',
+        '--work-root', str(tmp_path / 'runs')
+    ]
+    bench = _benchmark_module()
+    bench.main(argv)
+    with open(out) as f:
+        rows = json.load(f)
+    assert sorted(r['method'] for r in rows) == ['ddaq', 'fp', 'ptq']
+    for r in rows:
+        assert r['suite'] == 'my_ddaq' and r['metric'] == 'top1'
+        assert 0 <= r['value'] <= 100
+    assert {r['w_bits'] for r in rows if r['method'] != 'fp'} == {4}
+    # finished runs are skipped when the benchmark is run again
+    bench.main(argv)
+    with open(out) as f:
+        assert len(json.load(f)) == len(rows)
+    table = bench.markdown_table(rows)
+    assert '### my_ddaq: top1' in table and '| ptq |' in table
+
+
+def test_benchmark_config_form_errors(tmp_path):
+    bench = _benchmark_module()
+    with pytest.raises(SystemExit, match='does not exist'):
+        bench.main(['--config', DDAQ_CONFIG, '--checkpoint',
+                    str(tmp_path / 'missing.pth'), '--out',
+                    str(tmp_path / 'rows.json')])
+    assert not osp.exists(tmp_path / 'rows.json')
