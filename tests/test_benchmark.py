@@ -112,3 +112,30 @@ def test_benchmark_config_form_errors(tmp_path):
                     str(tmp_path / 'missing.pth'), '--out',
                     str(tmp_path / 'rows.json')])
     assert not osp.exists(tmp_path / 'rows.json')
+
+
+def test_cost_ratios_on_a_tiny_model(tiny_fp_checkpoint):
+    from mmddaq.apis.cost import peak_memory_ratio, speed_ratios
+    cfg = load_config(DDAQ_CONFIG, tiny_ddaq_options(tiny_fp_checkpoint))
+    ratios = speed_ratios(cfg, repeats=2)
+    for key in ('iter_over_fp_step', 'fakequant_over_fp_forward'):
+        assert 0 < ratios[key] < float('inf')
+    # a DDAQ iteration runs two models forward and backward: never cheaper
+    assert ratios['ddaq_iter_s'] > ratios['fp_forward_s']
+    mem = peak_memory_ratio(cfg, steps=1)
+    assert mem['ddaq_peak_mb'] > 0 and mem['fp_peak_mb'] > 0
+    assert mem['peak_mem_over_fp_step'] == pytest.approx(
+        mem['ddaq_peak_mb'] / mem['fp_peak_mb'])
+
+
+def test_speed_table_marks_goals():
+    bench = _benchmark_module()
+    rows = [
+        dict(suite='speed', model='m', method='ddaq', w_bits=4, a_bits=4,
+             seed=0, metric='iter_over_fp_step', value=3.0, seconds=1.),
+        dict(suite='speed', model='m', method='ddaq', w_bits=4, a_bits=4,
+             seed=0, metric='fakequant_over_fp_forward', value=1.1,
+             seconds=1.),
+    ]
+    table = bench.markdown_table(rows)
+    assert '| m | 3.00 (missed) | 1.10 (met) |  |' in table

@@ -61,6 +61,8 @@ SUITES = {
                 'configs/ablations/ddaq-no-d2_resnet18-w16_digits_w4a4.py',
                 'ddaq-uniform':
                 'configs/ablations/ddaq-uniform_resnet18-w16_digits_w4a4.py',
+                'ddaq-mixed':
+                'configs/mixed/ddaq-mixed-w4a4_resnet18-w16_digits.py',
             }),
         # calibration-only methods are also run at 8 bits
         methods_8bit=('ptq', 'zeroq')),
@@ -86,12 +88,12 @@ SUITES = {
         data='shapes'),
 }
 METHOD_ORDER = ('fp', 'ptq', 'zeroq', 'gdfq', 'qat', 'ddaq', 'ddaq-no-d1',
-                'ddaq-no-d2', 'ddaq-uniform')
+                'ddaq-no-d2', 'ddaq-uniform', 'ddaq-mixed')
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--suite', choices=sorted(SUITES))
+    p.add_argument('--suite', choices=sorted(SUITES) + ['speed'])
     p.add_argument('--config',
                    help='benchmark this DDAQ config instead of a suite '
                    '(baselines are derived from it)')
@@ -110,8 +112,8 @@ def parse_args(argv=None):
     p.add_argument('--iters', type=int, default=None,
                    help='override max_iters of training methods')
     p.add_argument('--work-root', default='work_dirs/benchmark')
-    p.add_argument('--cost', action='store_true',
-                   help='also measure iter_over_fp_step of DDAQ')
+    p.add_argument('--repeats', type=int, default=10,
+                   help='timed repeats per measurement of the speed suite')
     p.add_argument('--report', help='JSON file to summarise')
     p.add_argument('--markdown', help='write the summary table here')
     p.add_argument('--plot', help='write accuracy vs bits (PNG) here')
@@ -136,11 +138,6 @@ def _save_rows(path, rows):
     with open(tmp, 'w') as f:
         json.dump(rows, f, indent=1)
     os.replace(tmp, path)
-
-
-def _done(rows, suite, method, bits, seed):
-    return any(r['suite'] == suite and r['method'] == method
-               and r['w_bits'] == bits and r['seed'] == seed for r in rows)
 
 
 def _default_metrics(cfg):
@@ -189,7 +186,49 @@ def method_config(suite, method, options):
     return derive_method(load_config(suite['ddaq_config'], options), method)
 
 
+SPEED_METRICS = ('iter_over_fp_step', 'fakequant_over_fp_forward',
+                 'peak_mem_over_fp_step')
+
+
+def run_speed(args):
+    """Cost ratios of DDAQ W4A4 per model of the accuracy suites."""
+    from mmddaq.apis.cost import peak_memory_ratio, speed_ratios
+    rows = _load_rows(args.out)
+    for name in ('digits', 'shapes-retinanet', 'shapes-faster-rcnn'):
+        suite = SUITES[name]
+        if any(r['suite'] == 'speed' and r['model'] == suite['model']
+               for r in rows):
+            continue
+        if suite.get('data') == 'shapes':
+            ensure_shapes()
+        fp_ckpt = ensure_fp_checkpoint(suite['fp_config'],
+                                       suite['fp_work_dir'])
+        cfg = load_config(suite['ddaq_config'],
+                          {'model.fp_checkpoint': fp_ckpt})
+        start = time.perf_counter()
+        values = speed_ratios(cfg, repeats=args.repeats)
+        values.update(peak_memory_ratio(cfg))
+        seconds = time.perf_counter() - start
+        for metric in SPEED_METRICS:
+            rows.append(
+                dict(suite='speed', model=suite['model'], method='ddaq',
+                     w_bits=4, a_bits=4, seed=0, metric=metric,
+                     value=round(values[metric], 4), seconds=round(seconds,
+                                                                   2)))
+        print(f'[benchmark] speed {suite["model"]}: ' + ', '.join(
+            f'{k} = {v:.3f}' for k, v in values.items()), flush=True)
+        _save_rows(args.out, rows)
+    return rows
+
+
+def _done(rows, suite, method, bits, seed):
+    return any(r['suite'] == suite and r['method'] == method
+               and r['w_bits'] == bits and r['seed'] == seed for r in rows)
+
+
 def run_suite(args):
+    if args.suite == 'speed':
+        return run_speed(args)
     if args.config:
         name, suite = suite_from_config(args)
     else:
@@ -248,16 +287,6 @@ def run_suite(args):
                                    run)
                 add(method, bits, seed, m, m['seconds'])
 
-    if args.cost:
-        from mmddaq.apis.cost import ddaq_iter_over_fp_step
-        cfg = load_config(suite['ddaq_config'],
-                          {'model.fp_checkpoint': fp_ckpt})
-        ratio, seconds = ddaq_iter_over_fp_step(cfg)
-        rows.append(
-            dict(suite=name, model=suite['model'], method='ddaq', w_bits=4,
-                 a_bits=4, seed=0, metric='iter_over_fp_step', value=ratio,
-                 seconds=round(seconds, 2)))
-        _save_rows(args.out, rows)
     return rows
 
 
@@ -278,11 +307,37 @@ def _fmt(metric, value):
     return f'{value:.2f}' if metric == 'top1' else f'{value:.3f}'
 
 
+SPEED_GOALS = dict(iter_over_fp_step=2.5, fakequant_over_fp_forward=1.3,
+                   peak_mem_over_fp_step=3.0)
+
+
+def speed_table(rows) -> str:
+    """One row per model, one column per cost ratio (goal in the header)."""
+    values = {(r['model'], r['metric']): r['value'] for r in rows
+              if r['suite'] == 'speed'}
+    models = list(dict.fromkeys(m for m, _ in values))
+    header = ' | '.join(f'{m} (≤ {g})' for m, g in SPEED_GOALS.items())
+    lines = ['\n### speed: DDAQ W4A4 cost ratios (median of repeats; '
+             'goal in brackets)\n', f'| model | {header} |',
+             '|---|' + '---|' * len(SPEED_GOALS)]
+    for model in models:
+        cells = []
+        for metric, goal in SPEED_GOALS.items():
+            v = values.get((model, metric))
+            cells.append('' if v is None else
+                         f'{v:.2f} ({"met" if v <= goal else "missed"})')
+        lines.append(f'| {model} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
 def markdown_table(rows) -> str:
     summary = summarise(rows)
     suites = sorted({k[0] for k in summary})
     lines = []
     for suite in suites:
+        if suite == 'speed':
+            lines.append(speed_table(rows))
+            continue
         metrics = sorted({k[3] for k in summary if k[0] == suite})
         for metric in metrics:
             if metric == 'iter_over_fp_step':

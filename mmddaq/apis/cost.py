@@ -1,15 +1,38 @@
-"""Cost of a DDAQ iteration relative to a plain FP training step."""
+"""Cost of DDAQ relative to plain full-precision work on the same model.
+
+Three ratios, each the median of several repeats measured in one process
+(memory: one fresh process per side, so neither sees the other's peak):
+
+- ``iter_over_fp_step``: one DDAQ iteration (generator and quantized
+  updates) over one FP training step (forward, backward, SGD step) on a
+  batch of the same shape;
+- ``fakequant_over_fp_forward``: forward of the fake-quantized model over
+  the FP model's forward (inference, no autograd);
+- ``peak_mem_over_fp_step``: the memory a DDAQ iteration needs over what an
+  FP training step needs, each measured from before its model is built to
+  the peak of its steps (CPU: peak resident set size; CUDA: peak allocated).
+
+The FP step back-propagates the mean square of every output the task
+adapter exposes (logits; dense or RPN/RoI head maps), so classifiers and
+detectors are timed alike without labels or boxes.
+"""
+import multiprocessing
+import os
+import resource
 import statistics
+import tempfile
 import time
-from typing import Tuple
+from typing import Callable, Dict, Tuple
 
 import torch
 from mmengine.config import Config
-from mmengine.registry import MODELS, OPTIM_WRAPPERS, init_default_scope
 from mmengine.optim import build_optim_wrapper
+from mmengine.registry import MODELS, OPTIM_WRAPPERS, init_default_scope
+
+from mmddaq.utils.nested import flatten_tensors
 
 
-def _median_seconds(fn, repeats: int, warmup: int = 2) -> float:
+def _median_seconds(fn: Callable, repeats: int, warmup: int = 2) -> float:
     for _ in range(warmup):
         fn()
     times = []
@@ -20,35 +43,27 @@ def _median_seconds(fn, repeats: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
-def ddaq_iter_over_fp_step(cfg: Config,
-                           repeats: int = 10) -> Tuple[float, float]:
-    """Median DDAQ iteration time over median FP training-step time.
-
-    Both use the config's batch size and model; the FP step is forward,
-    cross-entropy backward and an SGD step of the float model on a batch
-    of the same shape. Activation ranges are frozen first so the DDAQ
-    iteration is the steady-state one (generator and quantized updates).
-
-    Args:
-        cfg (Config): A DDAQ config.
-        repeats (int): Timed repeats of each.
-
-    Returns:
-        tuple[float, float]: The ratio and the seconds of one DDAQ iteration.
-    """
-    from mmddaq.quantization import freeze_activations
+def _build_ddaq(cfg: Config):
+    """The config's DDAQ model, its optimisers and a full-update plan."""
     init_default_scope(cfg.get('default_scope', 'mmengine'))
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
     model.train()
     optim = build_optim_wrapper(model, cfg.optim_wrapper)
-    batch_size = cfg.train_cfg.batch_size
-    plan = dict(batch_size=batch_size, update_generator=True,
+    plan = dict(batch_size=cfg.train_cfg.batch_size, update_generator=True,
                 update_quantized=True)
-    model.train_step(plan, optim)  # calibrate on one batch
-    freeze_activations(model.quantized)
-    ddaq = _median_seconds(lambda: model.train_step(plan, optim), repeats)
+    return model, optim, plan
 
+
+def _calibrated(model, optim, plan) -> None:
+    """One iteration on a batch, then frozen ranges: the steady state."""
+    from mmddaq.quantization import freeze_activations
+    model.train_step(plan, optim)
+    freeze_activations(model.quantized)
+
+
+def _fp_step_fn(model, batch_size: int) -> Callable:
+    """An FP training step of ``model.fp_model`` (see module docstring)."""
     fp = model.fp_model
     params = list(fp.parameters())
     for p in params:
@@ -58,11 +73,126 @@ def ddaq_iter_over_fp_step(cfg: Config,
         dict(type='OptimWrapper',
              optimizer=torch.optim.SGD(params, lr=1e-6, momentum=0.9)))
     x = torch.randn(batch_size, *model.input_shape)
-    y = torch.randint(0, 2, (batch_size, ))
 
     def fp_step():
-        out = model.adapter.forward(fp, x)
-        sgd.update_params(torch.nn.functional.cross_entropy(out, y))
+        outs = flatten_tensors(model.adapter.forward(fp, x))
+        loss = sum(o.float().pow(2).mean() for o in outs
+                   if o.is_floating_point())
+        sgd.update_params(loss)
 
-    fp_time = _median_seconds(fp_step, repeats)
-    return ddaq / fp_time, ddaq
+    return fp_step
+
+
+def speed_ratios(cfg: Config, repeats: int = 10) -> Dict[str, float]:
+    """Time ratios of DDAQ against the FP model of ``cfg`` (CPU).
+
+    Args:
+        cfg (Config): A DDAQ config.
+        repeats (int): Timed repeats of each measurement.
+
+    Returns:
+        dict[str, float]: ``iter_over_fp_step``,
+        ``fakequant_over_fp_forward`` and the median seconds of one DDAQ
+        iteration (``ddaq_iter_s``), FP step (``fp_step_s``), fake-quant
+        forward (``fakequant_forward_s``) and FP forward
+        (``fp_forward_s``).
+    """
+    model, optim, plan = _build_ddaq(cfg)
+    _calibrated(model, optim, plan)
+    ddaq = _median_seconds(lambda: model.train_step(plan, optim), repeats)
+
+    x = torch.randn(plan['batch_size'], *model.input_shape)
+    model.eval()
+
+    def forward(net):
+        with torch.no_grad():
+            model.adapter.forward(net, x)
+
+    q_fwd = _median_seconds(lambda: forward(model.quantized), repeats)
+    fp_fwd = _median_seconds(lambda: forward(model.fp_model), repeats)
+    fp_step = _median_seconds(_fp_step_fn(model, plan['batch_size']),
+                              repeats)
+    return dict(
+        iter_over_fp_step=ddaq / fp_step,
+        fakequant_over_fp_forward=q_fwd / fp_fwd,
+        ddaq_iter_s=ddaq,
+        fp_step_s=fp_step,
+        fakequant_forward_s=q_fwd,
+        fp_forward_s=fp_fwd)
+
+
+def ddaq_iter_over_fp_step(cfg: Config,
+                           repeats: int = 10) -> Tuple[float, float]:
+    """Median DDAQ iteration time over median FP training-step time.
+
+    Returns:
+        tuple[float, float]: The ratio and the seconds of one DDAQ iteration.
+    """
+    ratios = speed_ratios(cfg, repeats)
+    return ratios['iter_over_fp_step'], ratios['ddaq_iter_s']
+
+
+def _rss_bytes() -> int:
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+
+def _peak_memory_child(config_file: str, side: str, steps: int,
+                       queue) -> None:
+    """Run ``steps`` FP steps or DDAQ iterations; report the peak bytes."""
+    import mmddaq  # noqa: F401  (registers the modules)
+    try:
+        cfg = Config.fromfile(config_file)
+        start = _rss_bytes()
+        model, optim, plan = _build_ddaq(cfg)
+        if side == 'ddaq':
+            _calibrated(model, optim, plan)
+            for _ in range(steps):
+                model.train_step(plan, optim)
+        else:
+            # only the FP model stays alive: drop what DDAQ added
+            model.quantized = model.generator = None
+            del optim
+            step = _fp_step_fn(model, plan['batch_size'])
+            for _ in range(steps):
+                step()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        queue.put((side, peak - start, None))
+    except Exception as e:  # report, never hang the parent
+        queue.put((side, None, f'{type(e).__name__}: {e}'))
+
+
+def peak_memory_ratio(cfg: Config, steps: int = 3) -> Dict[str, float]:
+    """Peak memory of DDAQ iterations over that of FP training steps (CPU).
+
+    Each side runs in a fresh process, measured from before its model is
+    built to the peak resident set size of its steps. The FP side builds
+    the same DDAQ model and drops the quantized copy and the generator, so
+    the difference is what DDAQ adds.
+
+    Args:
+        cfg (Config): A DDAQ config.
+        steps (int): Iterations (steps) of each side.
+
+    Returns:
+        dict[str, float]: ``peak_mem_over_fp_step``, ``ddaq_peak_mb`` and
+        ``fp_peak_mb``.
+    """
+    ctx = multiprocessing.get_context('spawn')
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        config_file = os.path.join(tmp, 'config.py')
+        cfg.dump(config_file)
+        for side in ('fp', 'ddaq'):
+            queue = ctx.Queue()
+            proc = ctx.Process(target=_peak_memory_child,
+                               args=(config_file, side, steps, queue))
+            proc.start()
+            _, peak, error = queue.get()
+            proc.join()
+            if error:
+                raise RuntimeError(f'measuring {side} memory failed: {error}')
+            out[side] = peak
+    return dict(peak_mem_over_fp_step=out['ddaq'] / out['fp'],
+                ddaq_peak_mb=out['ddaq'] / 2**20,
+                fp_peak_mb=out['fp'] / 2**20)
