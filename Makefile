@@ -16,8 +16,12 @@ test: install
 demo: install
 	$(PY) tools/demo.py
 
+# hours on 2 CPU cores; finished runs in the JSON files are skipped
 benchmark: install
 	$(PY) tools/benchmark.py --suite digits --out docs/benchmarks/digits.json
+	$(PY) tools/benchmark.py --suite shapes-retinanet --out docs/benchmarks/shapes.json --bits 8 4 --iters 200
+	$(PY) tools/benchmark.py --suite shapes-faster-rcnn --out docs/benchmarks/shapes.json --bits 8 4 --iters 200
+	$(PY) tools/benchmark.py --suite speed --out docs/benchmarks/speed.json
 
 shapes: install
 	$(PY) tools/make_shapes.py --out data/shapes

@@ -47,8 +47,10 @@ test_dataloader = val_dataloader
 log_processor = dict(by_epoch=False)
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=50),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=5000,
-                    max_keep_ckpts=2, save_last=True))
+    checkpoint=dict(type='mmddaq.SafeCheckpointHook', by_epoch=False,
+                    interval=5000, max_keep_ckpts=2, save_last=True),
+    random_state=dict(type='mmddaq.RandomStateHook'),
+    eval_data=dict(type='mmddaq.EvalDataCheckHook'))
 custom_hooks = [
     dict(type='mmddaq.LayerImportanceHook',
          method=dict(type='HessianImportance', batch_size=16)),

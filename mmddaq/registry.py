@@ -7,6 +7,7 @@ prefix ``mmddaq.``, e.g. ``dict(type='mmddaq.DDAQ')``.
 from mmengine.registry import DATASETS as MMENGINE_DATASETS
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import LOOPS as MMENGINE_LOOPS
+from mmengine.registry import MODEL_WRAPPERS as MMENGINE_MODEL_WRAPPERS
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import \
     OPTIM_WRAPPER_CONSTRUCTORS as MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS
@@ -21,6 +22,11 @@ MODELS = Registry(
         'mmddaq.quantization', 'mmddaq.generators', 'mmddaq.losses',
         'mmddaq.models'
     ])
+MODEL_WRAPPERS = Registry(
+    'model_wrapper',
+    parent=MMENGINE_MODEL_WRAPPERS,
+    scope='mmddaq',
+    locations=['mmddaq.models'])
 DATASETS = Registry(
     'dataset',
     parent=MMENGINE_DATASETS,

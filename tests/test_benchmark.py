@@ -138,4 +138,16 @@ def test_speed_table_marks_goals():
              seconds=1.),
     ]
     table = bench.markdown_table(rows)
-    assert '| m | 3.00 (missed) | 1.10 (met) |  |' in table
+    assert "| m (cpu) | 3.00 (missed) | 1.10 (met) |  |" in table
+
+
+def test_runs_in_one_process_keep_their_own_pictures(tiny_fp_checkpoint,
+                                                     tmp_path):
+    from mmddaq.apis import train_and_test
+    cfg = load_config(DDAQ_CONFIG, tiny_ddaq_options(tiny_fp_checkpoint))
+    cfg.visualizer.name = 'visualizer'  # as mmdet's default runtime names it
+    for run in ('a', 'b'):
+        train_and_test(cfg, str(tmp_path / run), run)
+    for run in ('a', 'b'):
+        pictures = list((tmp_path / run).rglob('generated_samples_*.png'))
+        assert pictures, f'run {run} saved no sample pictures'

@@ -223,3 +223,51 @@ def test_registered_for_configs():
     assert isinstance(mq, ModelQuantizer) and mq.w_bits == 3
     q = mq.quantize(copy.deepcopy(TinyNet()))
     assert q.conv1.w_bits == 3
+
+
+# ------------------------------------------------- no repeated device reads
+def test_host_value_follows_in_place_changes():
+    from mmddaq.quantization.observers import host_value
+    cache = {}
+    t = torch.tensor(3)
+    assert host_value(t, cache, 'n') == 3
+    t.fill_(5)
+    assert host_value(t, cache, 'n') == 5
+    t.copy_(torch.tensor(7))
+    assert host_value(t, cache, 'n') == 7
+    assert host_value(torch.tensor(9), cache, 'n') == 9
+
+
+def test_weight_cache_only_without_autograd_and_follows_updates():
+    from mmddaq.quantization import WeightQuantizer
+    q = WeightQuantizer(bits=4)
+    w = torch.nn.Parameter(torch.randn(4, 3, 3, 3))
+    with torch.no_grad():
+        a = q(w)
+        assert q(w) is a  # reused while the weight is unchanged
+        w.add_(0.5)  # what an optimizer step does
+        b = q(w)
+    assert b is not a and torch.equal(b, q._fake_quantize(w.detach()))
+    out = q(w)  # with autograd: a fresh, differentiable result
+    assert out.requires_grad
+    out.sum().backward()
+    assert w.grad is not None
+
+
+def test_frozen_activation_qparams_follow_loaded_ranges():
+    from mmddaq.quantization import ActivationQuantizer
+    q = ActivationQuantizer(bits=4)
+    q(torch.linspace(-1, 1, 100))
+    q.freeze()
+    x = torch.linspace(-3, 3, 50)
+    first = q(x)
+    assert torch.equal(q(x), first)
+    other = ActivationQuantizer(bits=4)
+    other(torch.linspace(-3, 3, 100))
+    other.freeze()
+    q.load_state_dict(other.state_dict())
+    # the cached step size of the old range must not survive the load
+    assert torch.equal(q(x), other(x))
+    assert not torch.equal(q(x), first)
+    q.calibrate()
+    assert not q.is_frozen()

@@ -114,6 +114,12 @@ def parse_args(argv=None):
     p.add_argument('--work-root', default='work_dirs/benchmark')
     p.add_argument('--repeats', type=int, default=10,
                    help='timed repeats per measurement of the speed suite')
+    p.add_argument('--device', default='cpu',
+                   help='device of the speed suite (cpu or cuda)')
+    p.add_argument('--models', nargs='+', choices=sorted(SUITES),
+                   default=['digits', 'shapes-retinanet',
+                            'shapes-faster-rcnn'],
+                   help='suites whose models the speed suite measures')
     p.add_argument('--report', help='JSON file to summarise')
     p.add_argument('--markdown', help='write the summary table here')
     p.add_argument('--plot', help='write accuracy vs bits (PNG) here')
@@ -192,12 +198,14 @@ SPEED_METRICS = ('iter_over_fp_step', 'fakequant_over_fp_forward',
 
 def run_speed(args):
     """Cost ratios of DDAQ W4A4 per model of the accuracy suites."""
-    from mmddaq.apis.cost import peak_memory_ratio, speed_ratios
+    from mmddaq.apis.cost import (cuda_peak_memory_ratio, peak_memory_ratio,
+                                  speed_ratios)
     rows = _load_rows(args.out)
-    for name in ('digits', 'shapes-retinanet', 'shapes-faster-rcnn'):
+    on_cuda = args.device.startswith('cuda')
+    for name in args.models:
         suite = SUITES[name]
         if any(r['suite'] == 'speed' and r['model'] == suite['model']
-               for r in rows):
+               and r.get('device', 'cpu') == args.device for r in rows):
             continue
         if suite.get('data') == 'shapes':
             ensure_shapes()
@@ -206,15 +214,16 @@ def run_speed(args):
         cfg = load_config(suite['ddaq_config'],
                           {'model.fp_checkpoint': fp_ckpt})
         start = time.perf_counter()
-        values = speed_ratios(cfg, repeats=args.repeats)
-        values.update(peak_memory_ratio(cfg))
+        values = speed_ratios(cfg, repeats=args.repeats, device=args.device)
+        values.update(
+            cuda_peak_memory_ratio(cfg) if on_cuda else peak_memory_ratio(cfg))
         seconds = time.perf_counter() - start
         for metric in SPEED_METRICS:
             rows.append(
                 dict(suite='speed', model=suite['model'], method='ddaq',
                      w_bits=4, a_bits=4, seed=0, metric=metric,
-                     value=round(values[metric], 4), seconds=round(seconds,
-                                                                   2)))
+                     value=round(values[metric], 4),
+                     seconds=round(seconds, 2), device=args.device))
         print(f'[benchmark] speed {suite["model"]}: ' + ', '.join(
             f'{k} = {v:.3f}' for k, v in values.items()), flush=True)
         _save_rows(args.out, rows)
@@ -313,8 +322,8 @@ SPEED_GOALS = dict(iter_over_fp_step=2.5, fakequant_over_fp_forward=1.3,
 
 def speed_table(rows) -> str:
     """One row per model, one column per cost ratio (goal in the header)."""
-    values = {(r['model'], r['metric']): r['value'] for r in rows
-              if r['suite'] == 'speed'}
+    values = {(f"{r['model']} ({r.get('device', 'cpu')})", r['metric']):
+              r['value'] for r in rows if r['suite'] == 'speed'}
     models = list(dict.fromkeys(m for m, _ in values))
     header = ' | '.join(f'{m} (≤ {g})' for m, g in SPEED_GOALS.items())
     lines = ['\n### speed: DDAQ W4A4 cost ratios (median of repeats; '

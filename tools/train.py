@@ -6,6 +6,10 @@ model) and for mmddaq's data-free quantization configs (``runner_type``
 
     python tools/train.py configs/ddaq_resnet18-w16_digits_w4a4.py
     torchrun --nproc_per_node=2 tools/train.py CONFIG --launcher pytorch
+    bash tools/dist_train.sh CONFIG 2            # the same
+    bash tools/slurm_train.sh PARTITION JOB CONFIG WORK_DIR   # slurm
+
+Without a GPU, ``--launcher pytorch`` trains on CPUs over ``gloo``.
 """
 import argparse
 import os
@@ -18,6 +22,7 @@ import mmddaq  # noqa: E402,F401  (registers modules, safe checkpoints)
 from mmengine.config import Config, DictAction  # noqa: E402
 
 from mmddaq.apis import config_from_args, runner_from_cfg  # noqa: E402
+from mmddaq.utils.dist import init_dist_without_gpu  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -79,6 +84,8 @@ def _optim_wrappers(cfg):
 def main(argv=None):
     args = parse_args(argv)
     cfg = build_cfg(args)
+    init_dist_without_gpu(args.launcher,
+                          cfg.get('env_cfg', {}).get('dist_cfg'))
     runner = runner_from_cfg(cfg)
     runner.train()
 

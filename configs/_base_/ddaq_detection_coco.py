@@ -9,6 +9,10 @@ _base_ = [
 ]
 custom_imports = dict(imports=['mmddaq'], allow_failed_imports=False)
 runner_type = 'mmddaq.DataFreeRunner'
+# Distributed runs (tools/dist_train.sh, tools/slurm_train.sh): generator and
+# quantized model train data-parallel; each rank draws its own noise.
+model_wrapper_cfg = dict(type='mmddaq.DDAQDataParallel')
+randomness = dict(seed=None, diff_rank_seed=True)
 
 # generated images: the detector's normalised input space, 512x512
 input_shape = (3, 512, 512)
@@ -35,8 +39,13 @@ optim_wrapper = dict(
 log_processor = dict(by_epoch=False)
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=50),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=5000,
-                    max_keep_ckpts=2, save_last=True))
+    # atomic writes; refuses NaN/Inf states (mmddaq/engine/hooks)
+    checkpoint=dict(type='mmddaq.SafeCheckpointHook', by_epoch=False,
+                    interval=5000, max_keep_ckpts=2, save_last=True),
+    # random state in checkpoints: a resumed run repeats the same noise
+    random_state=dict(type='mmddaq.RandomStateHook'),
+    # missing validation images fail before training, not at validation
+    eval_data=dict(type='mmddaq.EvalDataCheckHook'))
 custom_hooks = [
     dict(type='mmddaq.LayerImportanceHook',
          method=dict(type='HessianImportance', batch_size=2, num_batches=2,

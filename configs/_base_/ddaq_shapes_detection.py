@@ -9,6 +9,10 @@ _base_ = [
 ]
 custom_imports = dict(imports=['mmddaq'], allow_failed_imports=False)
 runner_type = 'mmddaq.DataFreeRunner'
+# Distributed runs: generator and quantized model train data-parallel; each
+# rank draws its own noise.
+model_wrapper_cfg = dict(type='mmddaq.DDAQDataParallel')
+randomness = dict(seed=0, diff_rank_seed=True)
 
 # generated images: the detector's normalised input space, 128x128
 input_shape = (3, 128, 128)
@@ -36,8 +40,13 @@ optim_wrapper = dict(
 log_processor = dict(by_epoch=False)
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=20),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=100000,
-                    save_last=True, max_keep_ckpts=2))
+    # atomic writes; refuses NaN/Inf states (mmddaq/engine/hooks)
+    checkpoint=dict(type='mmddaq.SafeCheckpointHook', by_epoch=False,
+                    interval=100000, save_last=True, max_keep_ckpts=2),
+    # random state in checkpoints: a resumed run repeats the same noise
+    random_state=dict(type='mmddaq.RandomStateHook'),
+    # missing validation images fail before training, not at validation
+    eval_data=dict(type='mmddaq.EvalDataCheckHook'))
 custom_hooks = [
     dict(type='mmddaq.LayerImportanceHook',
          method=dict(type='HessianImportance', batch_size=4)),

@@ -32,22 +32,32 @@ from mmengine.registry import MODELS, OPTIM_WRAPPERS, init_default_scope
 from mmddaq.utils.nested import flatten_tensors
 
 
-def _median_seconds(fn: Callable, repeats: int, warmup: int = 2) -> float:
+def _sync(device) -> None:
+    if torch.device(device).type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def _median_seconds(fn: Callable,
+                    repeats: int,
+                    warmup: int = 2,
+                    device='cpu') -> float:
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
+        _sync(device)
         start = time.perf_counter()
         fn()
+        _sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-def _build_ddaq(cfg: Config):
+def _build_ddaq(cfg: Config, device='cpu'):
     """The config's DDAQ model, its optimisers and a full-update plan."""
     init_default_scope(cfg.get('default_scope', 'mmengine'))
     torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
+    model = MODELS.build(cfg.model).to(device)
     model.train()
     optim = build_optim_wrapper(model, cfg.optim_wrapper)
     plan = dict(batch_size=cfg.train_cfg.batch_size, update_generator=True,
@@ -62,7 +72,7 @@ def _calibrated(model, optim, plan) -> None:
     freeze_activations(model.quantized)
 
 
-def _fp_step_fn(model, batch_size: int) -> Callable:
+def _fp_step_fn(model, batch_size: int, device='cpu') -> Callable:
     """An FP training step of ``model.fp_model`` (see module docstring)."""
     fp = model.fp_model
     params = list(fp.parameters())
@@ -72,7 +82,7 @@ def _fp_step_fn(model, batch_size: int) -> Callable:
     sgd = OPTIM_WRAPPERS.build(
         dict(type='OptimWrapper',
              optimizer=torch.optim.SGD(params, lr=1e-6, momentum=0.9)))
-    x = torch.randn(batch_size, *model.input_shape)
+    x = torch.randn(batch_size, *model.input_shape, device=device)
 
     def fp_step():
         outs = flatten_tensors(model.adapter.forward(fp, x))
@@ -83,12 +93,15 @@ def _fp_step_fn(model, batch_size: int) -> Callable:
     return fp_step
 
 
-def speed_ratios(cfg: Config, repeats: int = 10) -> Dict[str, float]:
-    """Time ratios of DDAQ against the FP model of ``cfg`` (CPU).
+def speed_ratios(cfg: Config,
+                 repeats: int = 10,
+                 device='cpu') -> Dict[str, float]:
+    """Time ratios of DDAQ against the FP model of ``cfg``.
 
     Args:
         cfg (Config): A DDAQ config.
         repeats (int): Timed repeats of each measurement.
+        device (str): Where to run, e.g. ``'cpu'`` or ``'cuda'``.
 
     Returns:
         dict[str, float]: ``iter_over_fp_step``,
@@ -97,21 +110,25 @@ def speed_ratios(cfg: Config, repeats: int = 10) -> Dict[str, float]:
         forward (``fakequant_forward_s``) and FP forward
         (``fp_forward_s``).
     """
-    model, optim, plan = _build_ddaq(cfg)
+    model, optim, plan = _build_ddaq(cfg, device)
     _calibrated(model, optim, plan)
-    ddaq = _median_seconds(lambda: model.train_step(plan, optim), repeats)
+    ddaq = _median_seconds(lambda: model.train_step(plan, optim), repeats,
+                           device=device)
 
-    x = torch.randn(plan['batch_size'], *model.input_shape)
+    x = torch.randn(plan['batch_size'], *model.input_shape, device=device)
     model.eval()
 
     def forward(net):
         with torch.no_grad():
             model.adapter.forward(net, x)
 
-    q_fwd = _median_seconds(lambda: forward(model.quantized), repeats)
-    fp_fwd = _median_seconds(lambda: forward(model.fp_model), repeats)
-    fp_step = _median_seconds(_fp_step_fn(model, plan['batch_size']),
-                              repeats)
+    q_fwd = _median_seconds(lambda: forward(model.quantized), repeats,
+                            device=device)
+    fp_fwd = _median_seconds(lambda: forward(model.fp_model), repeats,
+                             device=device)
+    fp_step = _median_seconds(
+        _fp_step_fn(model, plan['batch_size'], device), repeats,
+        device=device)
     return dict(
         iter_over_fp_step=ddaq / fp_step,
         fakequant_over_fp_forward=q_fwd / fp_fwd,
@@ -132,6 +149,40 @@ def ddaq_iter_over_fp_step(cfg: Config,
     return ratios['iter_over_fp_step'], ratios['ddaq_iter_s']
 
 
+def _run_side(cfg: Config, side: str, steps: int, device) -> None:
+    """``steps`` DDAQ iterations (``side='ddaq'``) or FP training steps."""
+    model, optim, plan = _build_ddaq(cfg, device)
+    if side == 'ddaq':
+        _calibrated(model, optim, plan)
+        for _ in range(steps):
+            model.train_step(plan, optim)
+    else:
+        # only the FP model stays alive: drop what DDAQ added
+        model.quantized = model.generator = None
+        del optim
+        step = _fp_step_fn(model, plan['batch_size'], device)
+        for _ in range(steps):
+            step()
+
+
+def cuda_peak_memory_ratio(cfg: Config, steps: int = 3) -> Dict[str, float]:
+    """Like :func:`peak_memory_ratio`, on the current CUDA device.
+
+    Peak allocated bytes, each side measured from an empty device.
+    """
+    out = {}
+    for side in ('fp', 'ddaq'):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        _run_side(cfg, side, steps, 'cuda')
+        torch.cuda.synchronize()
+        out[side] = torch.cuda.max_memory_allocated() - start
+    return dict(peak_mem_over_fp_step=out['ddaq'] / out['fp'],
+                ddaq_peak_mb=out['ddaq'] / 2**20,
+                fp_peak_mb=out['fp'] / 2**20)
+
+
 def _rss_bytes() -> int:
     with open('/proc/self/statm') as f:
         return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
@@ -144,18 +195,7 @@ def _peak_memory_child(config_file: str, side: str, steps: int,
     try:
         cfg = Config.fromfile(config_file)
         start = _rss_bytes()
-        model, optim, plan = _build_ddaq(cfg)
-        if side == 'ddaq':
-            _calibrated(model, optim, plan)
-            for _ in range(steps):
-                model.train_step(plan, optim)
-        else:
-            # only the FP model stays alive: drop what DDAQ added
-            model.quantized = model.generator = None
-            del optim
-            step = _fp_step_fn(model, plan['batch_size'])
-            for _ in range(steps):
-                step()
+        _run_side(cfg, side, steps, 'cpu')
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         queue.put((side, peak - start, None))
     except Exception as e:  # report, never hang the parent

@@ -77,6 +77,11 @@ def build_runner(cfg: Config, work_dir: str, name: str) -> Runner:
     cfg.work_dir = work_dir
     cfg.experiment_name = f'{name}_{time.strftime("%Y%m%d_%H%M%S")}' \
         f'_{int(time.time() * 1e6) % 1000000}'
+    if isinstance(cfg.get('visualizer'), dict):
+        # a named visualizer is a process-wide singleton: without a name of
+        # its own, every later run in this process would save its pictures
+        # into the first run's work dir
+        cfg.visualizer = dict(cfg.visualizer, name=cfg.experiment_name)
     return runner_from_cfg(cfg)
 
 

@@ -5,6 +5,7 @@ from mmengine.runner.base_loop import BaseLoop
 from torch.utils.data import DataLoader
 
 from mmddaq.registry import LOOPS
+from mmddaq.utils.last_checkpoint import resume_hint
 
 
 class GeneratedBatches:
@@ -149,8 +150,14 @@ class DataFreeTrainLoop(BaseLoop):
         batch_idx = self._iter
         self.runner.call_hook(
             'before_train_iter', batch_idx=batch_idx, data_batch=data)
-        outputs = self.runner.model.train_step(
-            data, optim_wrapper=self.runner.optim_wrapper)
+        try:
+            outputs = self.runner.model.train_step(
+                data, optim_wrapper=self.runner.optim_wrapper)
+        except FloatingPointError as err:
+            # nothing of this iteration was saved: say where to resume
+            raise FloatingPointError(
+                f'Iteration {batch_idx + 1}: {err} '
+                f'{resume_hint(self.runner.work_dir)}') from err
         self.runner.call_hook(
             'after_train_iter',
             batch_idx=batch_idx,

@@ -1,8 +1,10 @@
 """The DDAQ algorithm: FP model, quantized model and generator together."""
 import copy
-from typing import Dict, List, Optional, Union
+import logging
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
+from mmengine.logging import print_log
 from mmengine.model import BaseModel
 from mmengine.optim import OptimWrapperDict
 from mmengine.registry import MODELS as ROOT_MODELS
@@ -13,7 +15,7 @@ from mmddaq.importance import layer_of_each_bn, tap_weights
 from mmddaq.losses import BNStatisticsLoss, DiscrepancyLoss
 from mmddaq.quantization import observation_disabled, quantized_layers
 from mmddaq.registry import MODELS
-from mmddaq.utils.checkpoint import load_checkpoint_safe
+from mmddaq.utils.checkpoint import load_checkpoint_safe, state_dict_mismatch
 from mmddaq.utils.nested import detach_nested
 from .recorder import OutputRecorder
 
@@ -34,24 +36,13 @@ def _load_fp_weights(model: nn.Module, checkpoint: str) -> None:
     state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise ValueError(f'{checkpoint} holds no state_dict')
-    state = {k[7:] if k.startswith('module.') else k: v
-             for k, v in state.items()}
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [
-        f'{k}: checkpoint {tuple(state[k].shape)} vs model '
-        f'{tuple(own[k].shape)}' for k in own
-        if k in state and hasattr(state[k], 'shape')
-        and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or shapes:
+    problems = state_dict_mismatch(model, state)
+    if problems:
         raise ValueError(
             f'Checkpoint "{checkpoint}" does not match the model of the '
-            f'config ({type(model).__name__}): '
-            f'{len(missing)} missing keys {missing[:5]}, '
-            f'{len(unexpected)} unexpected keys {unexpected[:5]}, '
-            f'{len(shapes)} shape mismatches {shapes[:3]}')
+            f'config ({type(model).__name__}): ' + '; '.join(problems))
+    state = {k[7:] if k.startswith('module.') else k: v
+             for k, v in state.items()}
     model.load_state_dict(state, strict=True)
 
 
@@ -159,13 +150,34 @@ class DDAQ(BaseModel):
         self.layer_importance: Dict[str, float] = {}
 
     # ------------------------------------------------------------------
-    # state that is not a tensor: layer importance travels in checkpoints
+    # state that is not a tensor: layer importance and the bit-width of
+    # every quantized layer travel in checkpoints
+    def layer_bits(self) -> Dict[str, List[int]]:
+        """``{layer name: [w_bits, a_bits]}`` of the quantized model."""
+        return {n: [int(m.w_bits), int(m.a_bits)]
+                for n, m in quantized_layers(self.quantized)}
+
     def get_extra_state(self):
-        return dict(layer_importance=dict(self.layer_importance))
+        return dict(layer_importance=dict(self.layer_importance),
+                    layer_bits=self.layer_bits())
 
     def set_extra_state(self, state) -> None:
         if state and state.get('layer_importance'):
             self.set_layer_importance(state['layer_importance'])
+        saved = (state or {}).get('layer_bits')
+        if saved:
+            own = self.layer_bits()
+            diff = sorted(n for n in set(saved) | set(own)
+                          if list(saved.get(n, [])) != own.get(n, []))
+            if diff:
+                print_log(
+                    f'The checkpoint was quantized with other bit-widths '
+                    f'than this config for {len(diff)} layers, e.g. '
+                    + ', '.join(f'{n}: checkpoint {saved.get(n)} vs config '
+                                f'{own.get(n)}' for n in diff[:3])
+                    + '. The weights load, but the model is not the one '
+                    'that was saved; use the config it was trained with.',
+                    logger='current', level=logging.WARNING)
 
     def set_layer_importance(self, importance: Dict[str, float]) -> None:
         """Use ``importance`` (layer name -> weight, mean 1) in D1 and D2.
@@ -269,9 +281,17 @@ class DDAQ(BaseModel):
                                                  q_feats)
         return fp_out, q_out, losses
 
-    def train_step(self, data: Union[dict, list],
-                   optim_wrapper: OptimWrapperDict) -> Dict[str, torch.Tensor]:
+    def train_step(
+        self,
+        data: Union[dict, list],
+        optim_wrapper: OptimWrapperDict,
+        before_step: Optional[Callable[[Sequence[nn.Parameter]], None]] = None
+    ) -> Dict[str, torch.Tensor]:
         """One DDAQ iteration.
+
+        With data parallelism (:class:`DDAQDataParallel`) each rank draws
+        its own batch and D1 (BN statistics) is computed on that local
+        batch; gradients are averaged in ``before_step``.
 
         Args:
             data (dict): Either a step plan from
@@ -280,6 +300,11 @@ class DDAQ(BaseModel):
                 (``inputs``/``data_samples``) for QAT.
             optim_wrapper (OptimWrapperDict): Wrappers ``generator`` (if a
                 generator is used) and ``quantized``.
+            before_step (Callable, optional): Called with the parameters
+                about to be updated, after every backward pass of the
+                iteration and before the optimizer steps (and their
+                gradient clipping); data-parallel wrappers average the
+                gradients here.
 
         Returns:
             dict[str, Tensor]: Logged losses.
@@ -289,18 +314,23 @@ class DDAQ(BaseModel):
             update_g = bool(data.get('update_generator', True)) and \
                 self.generator is not None
             update_q = bool(data.get('update_quantized', True))
-            x, labels = self.sample_inputs(int(data['batch_size']))
-            if not update_g:
-                x = x.detach()
         else:  # a real batch: QAT with KD
             update_g, update_q, labels = False, True, None
-            x = self.data_preprocessor(data, True)['inputs']
         need_dis_grad = update_g and w['dis'] > 0
 
         g_params = list(self.generator.parameters()) if update_g else []
         q_params = [p for p in self.quantized.parameters() if p.requires_grad]
-        fp_out, q_out, losses = self._losses_on(
-            x, labels, need_dis_grad, need_q_grad=update_q or need_dis_grad)
+        # AmpOptimWrapper (``--amp``): every forward pass under autocast
+        with optim_wrapper['quantized'].optim_context(self):
+            if isinstance(data, dict) and 'batch_size' in data:
+                x, labels = self.sample_inputs(int(data['batch_size']))
+                if not update_g:
+                    x = x.detach()
+            else:
+                x = self.data_preprocessor(data, True)['inputs']
+            fp_out, q_out, losses = self._losses_on(
+                x, labels, need_dis_grad,
+                need_q_grad=update_q or need_dis_grad)
 
         log_vars = {}
         if update_g:
@@ -318,6 +348,8 @@ class DDAQ(BaseModel):
             loss_q = loss_q + w['q_dis'] * losses['loss_q_dis']
         if update_q:
             optim_wrapper['quantized'].backward(loss_q, inputs=q_params)
+        if before_step is not None and (update_g or update_q):
+            before_step(g_params + (q_params if update_q else []))
         if update_g:
             optim_wrapper['generator'].step()
             optim_wrapper['generator'].zero_grad()

@@ -1,3 +1,7 @@
+from .bit_allocation import (DEFAULT_CANDIDATES, GreedyBitAllocator,
+                             LayerCost, average_bits, costs_from_sensitivity,
+                             pinned_layers, weight_quant_error,
+                             weight_size_bits)
 from .fake_quant import (SUPPORTED_BITS, calc_qparams, check_bits,
                          fake_quantize, round_ste)
 from .model_quantizer import (ModelQuantizer, activation_quantizers,
@@ -15,5 +19,8 @@ __all__ = [
     'calibrate_activations', 'freeze_activations', 'observation_disabled',
     'step_activation_observers', 'quantizable_layers',
     'quantized_layers', 'QuantConv2d', 'QuantLinear', 'EMAMinMaxObserver',
-    'ActivationQuantizer', 'WeightQuantizer'
+    'ActivationQuantizer', 'WeightQuantizer', 'DEFAULT_CANDIDATES',
+    'GreedyBitAllocator', 'LayerCost', 'average_bits',
+    'costs_from_sensitivity', 'pinned_layers', 'weight_quant_error',
+    'weight_size_bits'
 ]

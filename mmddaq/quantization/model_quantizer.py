@@ -92,8 +92,9 @@ class ModelQuantizer:
        (``None``: no exception, the GDFQ convention);
     3. ``overrides``: ``dict(pattern=..., w_bits=..., a_bits=...)`` rules
        whose shell-style ``pattern`` matches layer names;
-    4. ``layer_bits``: ``{name: (w_bits, a_bits)}``, e.g. a mixed-precision
-       allocation.
+    4. ``layer_bits``: ``{name: (w_bits, a_bits)}``, or ``{name: w_bits}``
+       to set the weight bits only (activations keep the bits of the rules
+       above), e.g. a mixed-precision allocation.
 
     Layers matching a pattern in ``skip`` stay in floating point.
 
@@ -109,7 +110,8 @@ class ModelQuantizer:
             the layers ``first_last_bits`` applies to, instead of the first
             and last in module order (detectors have several output convs).
         overrides (Sequence[dict]): Per-pattern bit-widths.
-        layer_bits (dict, optional): Exact per-layer bit-widths.
+        layer_bits (dict, optional): Exact per-layer bit-widths: a
+            ``(w_bits, a_bits)`` pair or an int (weight bits only).
         skip (Sequence[str]): Patterns of layers left in floating point.
     """
 
@@ -138,11 +140,22 @@ class ModelQuantizer:
                 if key in rule:
                     check_bits(rule[key], f'{key} of override {rule}')
         self.layer_bits = {
-            k: (check_bits(int(v[0]), f'w_bits of {k}'),
-                check_bits(int(v[1]), f'a_bits of {k}'))
+            k: self._layer_bits_entry(k, v)
             for k, v in (layer_bits or {}).items()
         }
         self.skip = list(skip)
+
+    @staticmethod
+    def _layer_bits_entry(name: str, value) -> Tuple[int, Optional[int]]:
+        """``(w_bits, a_bits or None)`` of one ``layer_bits`` entry."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            return check_bits(value, f'w_bits of {name}'), None
+        if isinstance(value, (list, tuple)) and len(value) == 2:
+            return (check_bits(int(value[0]), f'w_bits of {name}'),
+                    check_bits(int(value[1]), f'a_bits of {name}'))
+        raise ValueError(
+            f'layer_bits["{name}"] = {value!r}: expected w_bits (int) or a '
+            f'(w_bits, a_bits) pair')
 
     @staticmethod
     def _match(patterns: Sequence[str], names: List[str], what: str):
@@ -198,7 +211,8 @@ class ModelQuantizer:
         if unknown:
             raise ValueError(
                 f'layer_bits names layers the model does not have: {unknown}')
-        bits.update(self.layer_bits)
+        for n, (w, a) in self.layer_bits.items():
+            bits[n] = (w, bits[n][1] if a is None else a)
         plan = {n: b for n, b in bits.items() if n not in skipped}
         if not plan:
             raise ValueError('Every conv/linear layer is in the skip list: '

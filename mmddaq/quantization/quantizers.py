@@ -11,7 +11,7 @@ from torch import nn
 from mmddaq.registry import MODELS
 from .fake_quant import (PASS_THROUGH_BITS, calc_qparams, check_bits,
                          fake_quantize, quant_range, scale_grad)
-from .observers import EMAMinMaxObserver, minmax
+from .observers import EMAMinMaxObserver, host_value, minmax
 
 
 @MODELS.register_module()
@@ -40,6 +40,7 @@ class WeightQuantizer(nn.Module):
         self.per_channel = per_channel
         self.learnable = learnable
         self.scale = None
+        self._cache = None
 
     @property
     def enabled(self) -> bool:
@@ -71,6 +72,21 @@ class WeightQuantizer(nn.Module):
         """Fake-quantize ``weight``."""
         if not self.enabled:
             return weight
+        # Without autograd (evaluation, calibration) the fake-quantized
+        # weight is reused until the weight changes in place.
+        reuse = not self.learnable and not (torch.is_grad_enabled()
+                                            and weight.requires_grad)
+        key = (id(weight), weight.data_ptr(), weight._version, weight.dtype)
+        if reuse and self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        out = self._fake_quantize(weight)
+        if reuse and not torch.is_inference_mode_enabled():
+            self._cache = (key, out)
+        else:
+            self._cache = None
+        return out
+
+    def _fake_quantize(self, weight: torch.Tensor) -> torch.Tensor:
         scale, zero_point = self._qparams(weight)
         if self.learnable:
             if self.scale is None:
@@ -128,6 +144,7 @@ class ActivationQuantizer(nn.Module):
         self.observing = True
         self.observer = EMAMinMaxObserver(momentum)
         self.register_buffer('frozen', torch.tensor(False))
+        self._host = {}
         if learnable:
             self.scale = nn.Parameter(torch.tensor(1.))
         else:
@@ -157,7 +174,7 @@ class ActivationQuantizer(nn.Module):
         self.observer.step()
         if self.enabled and not self.calibrated:
             raise RuntimeError(self._uncalibrated_msg())
-        if self.learnable and self.enabled and not bool(self.frozen):
+        if self.learnable and self.enabled and not self.is_frozen():
             scale, _ = self._range_qparams()
             self.scale.copy_(scale)
         self.frozen.fill_(True)
@@ -171,16 +188,39 @@ class ActivationQuantizer(nn.Module):
         min_val, max_val = self.observer.current_range()
         return calc_qparams(min_val, max_val, self.bits, self.symmetric)
 
+    def is_frozen(self) -> bool:
+        """bool: Whether the range is frozen (no device sync when cached)."""
+        return bool(host_value(self.frozen, self._host, 'frozen'))
+
+    def _frozen_qparams(self, dtype: torch.dtype):
+        """``_range_qparams`` of a frozen range, computed once per range."""
+        obs = self.observer
+        key = (dtype, ) + tuple((id(t), t.data_ptr(), t._version)
+                                for t in (obs.min_val, obs.max_val))
+        hit = self._host.get('qparams')
+        if hit is None or hit[0] != key:
+            scale, zero_point = self._range_qparams()
+            hit = (key, (scale.to(dtype), zero_point.to(dtype)))
+            self._host['qparams'] = hit
+        return hit[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Fake-quantize ``x`` (and observe it while calibrating)."""
-        if not self.enabled:
+        if not self.enabled or x.numel() == 0:
+            # nothing to quantize (e.g. no RoIs): no range needed either
             return x
-        if not bool(self.frozen) and self.observing:
+        frozen = self.is_frozen()
+        if not frozen and self.observing:
             self.observer(x)
         if not self.calibrated:
             raise RuntimeError(self._uncalibrated_msg())
+        if frozen and not self.learnable and \
+                self.observer._pending is None:
+            scale, zero_point = self._frozen_qparams(x.dtype)
+            return fake_quantize(x, scale, zero_point, self.bits,
+                                 self.symmetric)
         scale, zero_point = self._range_qparams()
-        if self.learnable and bool(self.frozen):
+        if self.learnable and frozen:
             _, qmax = quant_range(self.bits, self.symmetric)
             factor = 1. / math.sqrt(x[0].numel() * qmax)
             learned = scale_grad(self.scale.abs() + 1e-8, factor)

@@ -371,3 +371,37 @@ def load_checkpoint_safe(filename: str,
     """
     register_safe_globals()
     return load_from_local_safe(filename, map_location)
+
+
+def state_dict_mismatch(model: torch.nn.Module, state: dict) -> List[str]:
+    """Describe how a checkpoint's ``state_dict`` differs from a model's.
+
+    Args:
+        model (nn.Module): The model.
+        state (dict): The checkpoint's ``state_dict`` (a ``module.``
+            prefix from DDP is ignored).
+
+    Returns:
+        list[str]: Empty if keys and tensor shapes match exactly.
+    """
+    state = {k[7:] if k.startswith('module.') else k: v
+             for k, v in state.items()}
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f'{k}: checkpoint {tuple(state[k].shape)} vs model '
+        f'{tuple(own[k].shape)}' for k in own
+        if k in state and isinstance(state[k], torch.Tensor)
+        and isinstance(own[k], torch.Tensor)
+        and state[k].shape != own[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f'{len(missing)} missing keys {missing[:5]}')
+    if unexpected:
+        problems.append(f'{len(unexpected)} unexpected keys '
+                        f'{unexpected[:5]}')
+    if shapes:
+        problems.append(f'{len(shapes)} shape mismatches {shapes[:3]}')
+    return problems

@@ -9,7 +9,16 @@ test_cfg = dict(type='TestLoop')
 log_processor = dict(by_epoch=False)
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=20),
+    # atomic writes; refuses NaN/Inf states (mmddaq/engine/hooks)
     checkpoint=dict(
-        type='CheckpointHook', by_epoch=False, interval=100000,
-        save_last=True, max_keep_ckpts=2))
-randomness = dict(seed=0, deterministic=False)
+        type='mmddaq.SafeCheckpointHook', by_epoch=False, interval=100000,
+        save_last=True, max_keep_ckpts=2),
+    # random state in checkpoints: a resumed run repeats the same noise
+    random_state=dict(type='mmddaq.RandomStateHook'),
+    # missing validation images fail before training, not at validation
+    eval_data=dict(type='mmddaq.EvalDataCheckHook'))
+randomness = dict(seed=0, deterministic=False, diff_rank_seed=True)
+# Distributed runs (tools/dist_train.sh, --launcher pytorch/slurm): the
+# generator and the quantized model train data-parallel, each rank draws its
+# own noise (seed + rank), so a step sees world_size * batch_size samples.
+model_wrapper_cfg = dict(type='mmddaq.DDAQDataParallel')

@@ -3,6 +3,7 @@ import json
 import os.path as osp
 
 import torch
+from mmengine.dist import broadcast_object_list
 from mmengine.hooks import Hook
 
 from mmddaq.registry import HOOKS, IMPORTANCE
@@ -17,6 +18,10 @@ class LayerImportanceHook(Hook):
     importance (it is saved in checkpoints, so a resumed run keeps the
     values it started with). The scores are logged and written to
     ``{work_dir}/layer_importance.json``.
+
+    In distributed training only rank 0 measures (each rank draws other
+    samples) and broadcasts the scores, so every rank weights D1 and D2
+    identically.
 
     Args:
         method (dict): Config of an importance strategy in the
@@ -50,8 +55,13 @@ class LayerImportanceHook(Hook):
 
         runner.logger.info(
             f'Computing layer importance with {type(self.method).__name__}')
-        importance = self.method(model.fp_model, model.quantized, sample_fn,
-                                 model.adapter)
+        importance = None
+        if runner.rank == 0:
+            importance = self.method(model.fp_model, model.quantized,
+                                     sample_fn, model.adapter)
+        shared = [importance]
+        broadcast_object_list(shared, src=0)
+        importance = shared[0]
         model.set_layer_importance(importance)
         lines = [f'  {k}: {v:.3f}' for k, v in importance.items()]
         runner.logger.info('Layer importance (mean 1):\n' + '\n'.join(lines))

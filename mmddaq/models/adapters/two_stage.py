@@ -2,7 +2,6 @@
 from typing import Dict
 
 import torch
-from mmdet.structures.bbox import bbox2roi
 from torch import nn
 
 from mmddaq.registry import MODELS
@@ -56,6 +55,9 @@ class TwoStageDetectorAdapter(DetectorAdapterBase):
             boxes = [p.bboxes for p in proposals]
         else:
             boxes = reference['proposals']
+        # mmdet's box structures pull in mmcv's compiled ops: imported here
+        # so classification works with mmcv-lite
+        from mmdet.structures.bbox import bbox2roi
         rois = bbox2roi(boxes)
         roi_out = model.roi_head._bbox_forward(feats, rois)
         return dict(
@@ -71,6 +73,9 @@ class TwoStageDetectorAdapter(DetectorAdapterBase):
         rpn = dense_kd(fp_out['rpn_scores'], q_out['rpn_scores'],
                        fp_out['rpn_deltas'], q_out['rpn_deltas'],
                        self.box_weight)
+        if q_out['cls_score'].numel() == 0:
+            # no proposal survived: the RoI head has nothing to distil
+            return rpn
         roi = score_kd(fp_out['cls_score'], q_out['cls_score'],
                        use_sigmoid=False)
         roi = roi + self.box_weight * box_kd(fp_out['bbox_pred'],

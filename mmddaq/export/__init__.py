@@ -1,0 +1,24 @@
+"""ONNX export of quantized models (QuantizeLinear/DequantizeLinear)."""
+from .convert import (activation_qparams, build_export_network,
+                      find_conv_bn_pairs, fold_integer_weight,
+                      integer_weight, weight_qparams)
+from .int4 import pack_int4
+from .networks import ClassifierNetwork, DenseHeadNetwork, network_of
+from .onnx_export import (check_output_path, compare_outputs,
+                          export_checkpoint, export_network,
+                          export_onnx,
+                          load_quantized_model, normalize_input_shape,
+                          onnxruntime_session, run_onnxruntime,
+                          verify_export)
+from .qdq import QDQActivation, QDQConv2d, QDQLinear
+
+__all__ = [
+    'activation_qparams', 'build_export_network', 'find_conv_bn_pairs',
+    'fold_integer_weight', 'integer_weight', 'weight_qparams',
+    'ClassifierNetwork', 'DenseHeadNetwork', 'network_of',
+    'check_output_path', 'compare_outputs', 'export_checkpoint',
+    'export_network',
+    'export_onnx', 'load_quantized_model', 'normalize_input_shape',
+    'onnxruntime_session', 'run_onnxruntime', 'verify_export',
+    'QDQActivation', 'QDQConv2d', 'QDQLinear', 'pack_int4'
+]
