@@ -151,3 +151,30 @@ def test_runs_in_one_process_keep_their_own_pictures(tiny_fp_checkpoint,
     for run in ('a', 'b'):
         pictures = list((tmp_path / run).rglob('generated_samples_*.png'))
         assert pictures, f'run {run} saved no sample pictures'
+
+
+def test_plot_samples_tool(tmp_path):
+    import numpy as np
+    from PIL import Image
+    spec = importlib.util.spec_from_file_location(
+        'mmddaq_plot_samples_tool', osp.join(ROOT, 'tools', 'plot_samples.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    real = tmp_path / 'real'
+    real.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(
+            real / f'{i}.png')
+    grid = tmp_path / 'grid.png'
+    Image.fromarray(np.zeros((10, 30, 3), np.uint8)).save(grid)
+    out = tmp_path / 'out.png'
+    tool.main(['--real', str(real), '--generated', str(grid), '--out',
+               str(out)])
+    assert out.is_file() and Image.open(out).size[0] > 0
+    with pytest.raises(SystemExit, match='does not exist'):
+        tool.main(['--real', str(real), '--generated',
+                   str(tmp_path / 'missing.png'), '--out', str(out)])
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(SystemExit, match='no images'):
+        tool.main(['--real', str(tmp_path / 'empty'), '--generated',
+                   str(grid), '--out', str(out)])

@@ -194,6 +194,10 @@ def _peak_memory_child(config_file: str, side: str, steps: int,
     import mmddaq  # noqa: F401  (registers the modules)
     try:
         cfg = Config.fromfile(config_file)
+        # import every module the build needs first: importing mmdet's or
+        # mmpretrain's models costs hundreds of MB that are no step's memory
+        init_default_scope(cfg.get('default_scope', 'mmengine'))
+        MODELS.get(cfg.model.architecture['type'])
         start = _rss_bytes()
         _run_side(cfg, side, steps, 'cpu')
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
