@@ -123,6 +123,9 @@ def parse_args(argv=None):
     p.add_argument('--report', help='JSON file to summarise')
     p.add_argument('--markdown', help='write the summary table here')
     p.add_argument('--plot', help='write accuracy vs bits (PNG) here')
+    p.add_argument('--plot-suite', help='suite to plot (default: the first)')
+    p.add_argument('--plot-metric',
+                   help='metric to plot (default: the first)')
     args = p.parse_args(argv)
     if args.suite and args.config:
         p.error('give either --suite or --config, not both')
@@ -391,7 +394,8 @@ def plot_accuracy_vs_bits(rows, path, suite=None, metric=None):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    rows = [r for r in rows if r['metric'] != 'iter_over_fp_step']
+    rows = [r for r in rows if r['metric'] != 'iter_over_fp_step'
+            and r['suite'] != 'speed']
     if not rows:
         raise SystemExit('no accuracy rows to plot')
     suite = suite or rows[0]['suite']
@@ -430,7 +434,8 @@ def main(argv=None):
         with open(args.markdown, 'w') as f:
             f.write(markdown_table(rows))
     if args.plot:
-        plot_accuracy_vs_bits(rows, args.plot)
+        plot_accuracy_vs_bits(rows, args.plot, args.plot_suite,
+                              args.plot_metric)
     if not (args.suite or args.config or args.markdown or args.plot):
         print(markdown_table(rows))
 
