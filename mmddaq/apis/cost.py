@@ -18,7 +18,6 @@ detectors are timed alike without labels or boxes.
 """
 import multiprocessing
 import os
-import resource
 import statistics
 import tempfile
 import time
@@ -183,9 +182,26 @@ def cuda_peak_memory_ratio(cfg: Config, steps: int = 3) -> Dict[str, float]:
                 fp_peak_mb=out['fp'] / 2**20)
 
 
-def _rss_bytes() -> int:
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+def _proc_status_bytes(field: str) -> int:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``)."""
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f'/proc/self/status has no {field}')
+
+
+def _reset_peak_rss() -> None:
+    """Restart the peak-RSS count (``VmHWM``) from the current RSS.
+
+    ``getrusage``'s ``ru_maxrss`` is no use here: a spawned process's value
+    includes its parent's memory at the fork before ``exec``.
+    """
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+    except OSError:
+        pass  # older kernels: VmHWM then counts from process start
 
 
 def _peak_memory_child(config_file: str, side: str, steps: int,
@@ -198,9 +214,10 @@ def _peak_memory_child(config_file: str, side: str, steps: int,
         # mmpretrain's models costs hundreds of MB that are no step's memory
         init_default_scope(cfg.get('default_scope', 'mmengine'))
         MODELS.get(cfg.model.architecture['type'])
-        start = _rss_bytes()
+        _reset_peak_rss()
+        start = _proc_status_bytes('VmRSS')
         _run_side(cfg, side, steps, 'cpu')
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = _proc_status_bytes('VmHWM')
         queue.put((side, peak - start, None))
     except Exception as e:  # report, never hang the parent
         queue.put((side, None, f'{type(e).__name__}: {e}'))
