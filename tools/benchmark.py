@@ -87,7 +87,11 @@ SUITES = {
         fp_work_dir='work_dirs/fp_faster-rcnn_r18-w16_shapes',
         ddaq_config='configs/ddaq_faster-rcnn_r18-w16_shapes_w4a4.py',
         metrics=DETECTION_METRICS,
-        methods={m: None for m in DERIVED_METHODS},
+        methods={
+            **{m: None for m in DERIVED_METHODS},
+            'ddaq-mixed':
+            'configs/mixed/ddaq-mixed-w4a4_faster-rcnn_r18-w16_shapes.py',
+        },
         methods_8bit=('ptq', 'zeroq', 'ddaq'),
         data='shapes'),
 }
