@@ -21,7 +21,7 @@ import os
 import statistics
 import tempfile
 import time
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict
 
 import torch
 from mmengine.config import Config
@@ -135,17 +135,6 @@ def speed_ratios(cfg: Config,
         fp_step_s=fp_step,
         fakequant_forward_s=q_fwd,
         fp_forward_s=fp_fwd)
-
-
-def ddaq_iter_over_fp_step(cfg: Config,
-                           repeats: int = 10) -> Tuple[float, float]:
-    """Median DDAQ iteration time over median FP training-step time.
-
-    Returns:
-        tuple[float, float]: The ratio and the seconds of one DDAQ iteration.
-    """
-    ratios = speed_ratios(cfg, repeats)
-    return ratios['iter_over_fp_step'], ratios['ddaq_iter_s']
 
 
 def _run_side(cfg: Config, side: str, steps: int, device) -> None:

@@ -36,13 +36,13 @@ def _load_fp_weights(model: nn.Module, checkpoint: str) -> None:
     state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise ValueError(f'{checkpoint} holds no state_dict')
+    state = {k[7:] if k.startswith('module.') else k: v
+             for k, v in state.items()}
     problems = state_dict_mismatch(model, state)
     if problems:
         raise ValueError(
             f'Checkpoint "{checkpoint}" does not match the model of the '
             f'config ({type(model).__name__}): ' + '; '.join(problems))
-    state = {k[7:] if k.startswith('module.') else k: v
-             for k, v in state.items()}
     model.load_state_dict(state, strict=True)
 
 
@@ -310,7 +310,8 @@ class DDAQ(BaseModel):
             dict[str, Tensor]: Logged losses.
         """
         w = self.loss_weights
-        if isinstance(data, dict) and 'batch_size' in data:
+        is_plan = isinstance(data, dict) and 'batch_size' in data
+        if is_plan:
             update_g = bool(data.get('update_generator', True)) and \
                 self.generator is not None
             update_q = bool(data.get('update_quantized', True))
@@ -322,7 +323,7 @@ class DDAQ(BaseModel):
         q_params = [p for p in self.quantized.parameters() if p.requires_grad]
         # AmpOptimWrapper (``--amp``): every forward pass under autocast
         with optim_wrapper['quantized'].optim_context(self):
-            if isinstance(data, dict) and 'batch_size' in data:
+            if is_plan:
                 x, labels = self.sample_inputs(int(data['batch_size']))
                 if not update_g:
                     x = x.detach()
