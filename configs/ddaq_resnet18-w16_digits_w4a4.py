@@ -46,9 +46,20 @@ train_cfg = dict(
     warmup_iters=50,
     val_interval=200)
 
+# After training: 256 generator samples, MSE ranges, block reconstruction
+# (AdaRound + LSQ + QDrop). Chosen on the digits tune split
+# (docs/benchmarks.md, "How the defaults were chosen").
+post_training = dict(
+    type='mmddaq.PostTrainingHook',
+    samples=dict(type='mmddaq.AlgorithmSamples'),
+    num_samples=256,
+    observers=dict(weight=dict(type='mmddaq.MSEObserver'),
+                   act=dict(type='mmddaq.MSEObserver')),
+    reconstruction=dict(type='mmddaq.BlockReconstruction', iters=500))
 custom_hooks = [
     dict(type='mmddaq.LayerImportanceHook',
          method=dict(type='HessianImportance')),
     dict(type='mmddaq.ActivationCalibrationHook', calib_iters=50),
     dict(type='mmddaq.GeneratedSamplesHook', interval=200, num_samples=40),
+    post_training,
 ]

@@ -46,6 +46,9 @@ OPTIM_WRAPPER_CONSTRUCTORS = Registry(
     parent=MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS,
     scope='mmddaq',
     locations=['mmddaq.engine'])
+# Where post-training calibration and reconstruction samples come from.
+SAMPLE_SOURCES = Registry(
+    'sample source', scope='mmddaq', locations=['mmddaq.generators'])
 # Strategies that rank layers by how much quantization hurts them.
 IMPORTANCE = Registry(
     'layer importance', scope='mmddaq', locations=['mmddaq.importance'])

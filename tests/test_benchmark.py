@@ -17,7 +17,22 @@ DIGITS_FILES = {
     'ddaq-no-d2': 'configs/ablations/ddaq-no-d2_resnet18-w16_digits_w4a4.py',
     'ddaq-uniform':
     'configs/ablations/ddaq-uniform_resnet18-w16_digits_w4a4.py',
+    'ptq-mse': 'configs/baselines/ptq-mse_resnet18-w16_digits_w4a4.py',
+    'genie': 'configs/baselines/genie_resnet18-w16_digits_w4a4.py',
+    'qdrop-real': 'configs/baselines/qdrop-real_resnet18-w16_digits_w4a4.py',
+    'ddaq-kd': 'configs/baselines/ddaq-kd_resnet18-w16_digits_w4a4.py',
 }
+
+
+def _hook_key(h):
+    kind = h['type'].split('.')[-1]
+    if kind == 'PostTrainingHook':
+        rec = h.get('reconstruction')
+        return (kind, h['samples']['type'].split('.')[-1],
+                str(sorted((h.get('observers') or {}).items())),
+                str(sorted(rec.items())) if rec else '')
+    method = h.get('method')
+    return (kind, method.get('type', '') if isinstance(method, dict) else '')
 
 
 def _benchmark_module():
@@ -31,9 +46,7 @@ def _benchmark_module():
 def _recipe(cfg):
     """What distinguishes the methods: losses, samples, schedule, hooks."""
     hooks = sorted(
-        (h['type'].split('.')[-1],
-         h.get('method', {}).get('type', '') if isinstance(
-             h.get('method'), dict) else '') for h in cfg.custom_hooks
+        _hook_key(h) for h in cfg.custom_hooks
         if h['type'].split('.')[-1] != 'GeneratedSamplesHook')
     return dict(
         loss_weights={k: float(v) for k, v in cfg.model.loss_weights.items()},

@@ -40,6 +40,13 @@ from mmddaq.datasets import ensure_shapes  # noqa: E402
 DETECTION_METRICS = dict(bbox_mAP='coco/bbox_mAP',
                          bbox_mAP_50='coco/bbox_mAP_50')
 
+#: evaluate the shapes suites on their tune split instead of val
+SHAPES_TUNE = {
+    'test_dataloader.dataset.ann_file': 'annotations/instances_tune.json',
+    'test_dataloader.dataset.data_prefix.img': 'tune/',
+    'test_evaluator.ann_file': 'data/shapes/annotations/instances_tune.json',
+}
+
 SUITES = {
     'digits':
     dict(
@@ -48,8 +55,18 @@ SUITES = {
         fp_work_dir='work_dirs/fp_resnet18-w16_digits',
         ddaq_config='configs/ddaq_resnet18-w16_digits_w4a4.py',
         metrics=dict(top1='accuracy/top1'),
+        tune_options={'test_dataloader.dataset.split': 'tune'},
         methods=dict(
             ptq='configs/baselines/ptq_resnet18-w16_digits_w4a4.py',
+            **{
+                'ptq-mse':
+                'configs/baselines/ptq-mse_resnet18-w16_digits_w4a4.py',
+                'qdrop-real':
+                'configs/baselines/qdrop-real_resnet18-w16_digits_w4a4.py',
+                'ddaq-kd':
+                'configs/baselines/ddaq-kd_resnet18-w16_digits_w4a4.py',
+            },
+            genie='configs/baselines/genie_resnet18-w16_digits_w4a4.py',
             zeroq='configs/baselines/zeroq_resnet18-w16_digits_w4a4.py',
             gdfq='configs/baselines/gdfq_resnet18-w16_digits_w4a4.py',
             qat='configs/baselines/qat_resnet18-w16_digits_w4a4.py',
@@ -65,7 +82,7 @@ SUITES = {
                 'configs/mixed/ddaq-mixed-w4a4_resnet18-w16_digits.py',
             }),
         # calibration-only methods are also run at 8 bits
-        methods_8bit=('ptq', 'zeroq')),
+        methods_8bit=('ptq', 'ptq-mse', 'zeroq')),
     'shapes-retinanet':
     dict(
         model='retinanet-r18-w16',
@@ -73,6 +90,7 @@ SUITES = {
         fp_work_dir='work_dirs/fp_retinanet_r18-w16_shapes',
         ddaq_config='configs/ddaq_retinanet_r18-w16_shapes_w4a4.py',
         metrics=DETECTION_METRICS,
+        tune_options=SHAPES_TUNE,
         methods={
             **{m: None for m in DERIVED_METHODS},  # derived from ddaq
             'ddaq-mixed':
@@ -87,6 +105,7 @@ SUITES = {
         fp_work_dir='work_dirs/fp_faster-rcnn_r18-w16_shapes',
         ddaq_config='configs/ddaq_faster-rcnn_r18-w16_shapes_w4a4.py',
         metrics=DETECTION_METRICS,
+        tune_options=SHAPES_TUNE,
         methods={
             **{m: None for m in DERIVED_METHODS},
             'ddaq-mixed':
@@ -95,8 +114,9 @@ SUITES = {
         methods_8bit=('ptq', 'zeroq', 'ddaq'),
         data='shapes'),
 }
-METHOD_ORDER = ('fp', 'ptq', 'zeroq', 'gdfq', 'qat', 'ddaq', 'ddaq-no-d1',
-                'ddaq-no-d2', 'ddaq-uniform', 'ddaq-mixed')
+METHOD_ORDER = ('fp', 'ptq', 'ptq-mse', 'zeroq', 'gdfq', 'genie', 'qat',
+                'qdrop-real', 'ddaq-kd', 'ddaq', 'ddaq-no-d1', 'ddaq-no-d2',
+                'ddaq-uniform', 'ddaq-mixed')
 
 
 def parse_args(argv=None):
@@ -120,6 +140,15 @@ def parse_args(argv=None):
     p.add_argument('--iters', type=int, default=None,
                    help='override max_iters of training methods')
     p.add_argument('--work-root', default='work_dirs/benchmark')
+    p.add_argument('--split', choices=['test', 'tune'], default='test',
+                   help='evaluate on the reported split (test) or on the '
+                   'tuning split where recipes are chosen; rows record it')
+    p.add_argument('--cfg-options', nargs='+', default=[],
+                   help='KEY=VALUE overrides for every quantized run '
+                   '(recipe search on the tune split)')
+    p.add_argument('--tag', default='',
+                   help='suffix of the method name in the rows (recipe '
+                   'variants)')
     p.add_argument('--repeats', type=int, default=10,
                    help='timed repeats per measurement of the speed suite')
     p.add_argument('--device', default='cpu',
@@ -241,9 +270,33 @@ def run_speed(args):
     return rows
 
 
-def _done(rows, suite, method, bits, seed):
+def _done(rows, suite, method, bits, seed, split='test'):
     return any(r['suite'] == suite and r['method'] == method
-               and r['w_bits'] == bits and r['seed'] == seed for r in rows)
+               and r['w_bits'] == bits and r['seed'] == seed
+               and r.get('split', 'test') == split for r in rows)
+
+
+def _parse_options(pairs):
+    """``KEY=VALUE`` strings to a dict (values as Python literals)."""
+    import ast
+    options = {}
+    for pair in pairs:
+        if '=' not in pair:
+            raise SystemExit(f'--cfg-options takes KEY=VALUE, got "{pair}"')
+        key, value = pair.split('=', 1)
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value
+    return options
+
+
+def _split_options(suite, split):
+    if split == 'test':
+        return {}
+    if 'tune_options' not in suite:
+        raise SystemExit('this suite has no tune split')
+    return dict(suite['tune_options'])
 
 
 def run_suite(args):
@@ -259,24 +312,30 @@ def run_suite(args):
     fp_ckpt = suite.get('fp_checkpoint') or ensure_fp_checkpoint(
         suite['fp_config'], suite['fp_work_dir'])
 
+    split_opts = _split_options(suite, args.split)
+    user_opts = _parse_options(args.cfg_options)
+
     def add(method, bits, seed, metrics, seconds):
         for metric, key in suite['metrics'].items():
             value = metrics[key]
-            rows.append(
-                dict(suite=name, model=suite['model'], method=method,
-                     w_bits=bits, a_bits=bits, seed=seed, metric=metric,
-                     value=value, seconds=round(seconds, 2)))
+            row = dict(suite=name, model=suite['model'], method=method,
+                       w_bits=bits, a_bits=bits, seed=seed, metric=metric,
+                       value=value, seconds=round(seconds, 2))
+            if args.split != 'test':
+                row['split'] = args.split
+            rows.append(row)
             print(f'[benchmark] {name} {method} W{bits}A{bits} seed {seed}: '
                   f'{metric} = {value:.4f} ({seconds:.0f} s)', flush=True)
         _save_rows(args.out, rows)
 
-    if 'fp' in args.methods and not _done(rows, name, 'fp', 32, 0):
+    if 'fp' in args.methods and not _done(rows, name, 'fp', 32, 0,
+                                          args.split):
         # the FP model evaluated through the DDAQ config: same data, same
         # metric, same weights loading as every quantized method
         start = time.perf_counter()
         cfg = load_config(suite['ddaq_config'],
                           {'model.fp_checkpoint': fp_ckpt,
-                           'model.eval_model': 'fp'})
+                           'model.eval_model': 'fp', **split_opts})
         runner = build_runner(cfg, osp.join(args.work_root, name, 'fp'),
                               'fp')
         m = {k: float(v) for k, v in runner.test().items()}
@@ -288,24 +347,34 @@ def run_suite(args):
         for bits in args.bits:
             if bits == 8 and method not in suite['methods_8bit']:
                 continue
+            label = method + args.tag
             for seed in args.seeds:
-                if _done(rows, name, method, bits, seed):
+                if _done(rows, name, label, bits, seed, args.split):
                     continue
                 opts = {
                     'model.fp_checkpoint': fp_ckpt,
                     'model.quantizer.w_bits': bits,
                     'model.quantizer.a_bits': bits,
                     'randomness.seed': seed,
+                    **split_opts,
                 }
                 cfg = method_config(suite, method, opts)
-                trains = cfg.train_cfg.warmup_iters < cfg.train_cfg.max_iters
-                if args.iters and trains:
-                    cfg.train_cfg.max_iters = args.iters
-                    cfg.train_cfg.val_interval = args.iters
-                run = f'{method}_w{bits}a{bits}_s{seed}'
+                if user_opts:
+                    cfg.merge_from_dict(user_opts)
+                tc = cfg.train_cfg
+                generator_only = cfg.model.get('generator') is not None \
+                    and tc.warmup_iters == tc.max_iters
+                if args.iters and (tc.warmup_iters < tc.max_iters
+                                   or generator_only):
+                    tc.max_iters = args.iters
+                    tc.val_interval = args.iters
+                    if generator_only:
+                        tc.warmup_iters = args.iters
+                run = f'{label}_w{bits}a{bits}_s{seed}' + (
+                    '' if args.split == 'test' else f'_{args.split}')
                 m = train_and_test(cfg, osp.join(args.work_root, name, run),
                                    run)
-                add(method, bits, seed, m, m['seconds'])
+                add(label, bits, seed, m, m['seconds'])
 
     return rows
 
@@ -314,7 +383,9 @@ def summarise(rows):
     """Group rows: (suite, method, bits, metric) -> (mean, std, n)."""
     groups = {}
     for r in rows:
-        key = (r['suite'], r['method'], r['w_bits'], r['metric'])
+        suite = r['suite'] if r.get('split', 'test') == 'test' \
+            else f"{r['suite']} [{r['split']} split]"
+        key = (suite, r['method'], r['w_bits'], r['metric'])
         groups.setdefault(key, []).append(r['value'])
     out = {}
     for key, values in groups.items():
@@ -373,7 +444,9 @@ def markdown_table(rows) -> str:
             lines.append('| method | ' + ' | '.join(
                 f'W{b}A{b}' for b in bits) + ' |')
             lines.append('|---|' + '---|' * len(bits))
-            for method in METHOD_ORDER[1:]:
+            extra = sorted({k[1] for k in summary if k[0] == suite}
+                           - set(METHOD_ORDER))
+            for method in list(METHOD_ORDER[1:]) + extra:
                 cells = []
                 for b in bits:
                     s = summary.get((suite, method, b, metric))

@@ -13,18 +13,57 @@ the same model with the same policy and only the data-free recipe differs:
 - ``gdfq``: GDFQ-style generator trained on BN statistics alone (uniform
   layer weights, GDFQ's weight 0.1, plus CE when the generator is
   conditional), no discrepancy discriminator; KD fine-tuning.
+- ``ptq-mse``: ``ptq`` with MSE range search for weights (data-free, per
+  channel) and activations (on the Gaussian batches): the strongest cheap
+  data-free baseline.
+- ``genie``: a generator trained on BN statistics alone (no D2, no
+  importance, the quantized model never fine-tuned), then MSE ranges and
+  block reconstruction on its samples (Genie-style).
+- ``qdrop-real``: MSE ranges and block reconstruction (AdaRound, LSQ,
+  QDrop) on 256 *real* training images; an upper bound, not data-free.
+  Its images come from the config's ``real_calib_dataloader``.
+- ``ddaq-kd``: the paper's recipe: generator with D1, D2 and importance,
+  min-max ranges, KD fine-tuning, no post-training refinement.
 - ``ddaq-no-d1`` / ``ddaq-no-d2`` / ``ddaq-uniform``: DDAQ without the BN
   statistics discriminator, without the discrepancy discriminator, or with
   every layer equally important.
+
+A method is a composition of three parts: a sample source (Gaussian noise,
+a distilled pool, a generator, real images), an initialisation (ranges from
+an observer, optionally bias correction) and a refinement (KD fine-tuning
+in the training loop and/or block reconstruction in
+:class:`~mmddaq.engine.hooks.PostTrainingHook`).
 """
 import copy
 from typing import List
 
 from mmengine.config import Config
 
-CALIBRATION_METHODS = ('ptq', 'zeroq')
-DERIVED_METHODS = ('ddaq', 'ptq', 'zeroq', 'gdfq', 'ddaq-no-d1',
-                   'ddaq-no-d2', 'ddaq-uniform')
+CALIBRATION_METHODS = ('ptq', 'zeroq', 'ptq-mse', 'qdrop-real')
+DERIVED_METHODS = ('ddaq', 'ptq', 'ptq-mse', 'zeroq', 'gdfq', 'genie',
+                   'qdrop-real', 'ddaq-kd', 'ddaq-no-d1', 'ddaq-no-d2',
+                   'ddaq-uniform')
+#: Range search used by the methods that refine after training.
+MSE_OBSERVERS = dict(weight=dict(type='mmddaq.MSEObserver'),
+                     act=dict(type='mmddaq.MSEObserver'))
+POST_TRAINING = 'PostTrainingHook'
+
+
+def post_training_hook(cfg: Config, samples: dict,
+                       reconstruction: bool = True) -> dict:
+    """The config's :class:`PostTrainingHook` (or the default one) with
+    ``samples``, MSE ranges and, if asked, block reconstruction."""
+    hook = next((copy.deepcopy(h) for h in cfg.get('custom_hooks') or []
+                 if _hook_type(h) == POST_TRAINING),
+                dict(type='mmddaq.PostTrainingHook', num_samples=256,
+                     reconstruction=dict(type='mmddaq.BlockReconstruction')))
+    hook.update(samples=samples, observers=copy.deepcopy(MSE_OBSERVERS),
+                calibrate=True)
+    if not reconstruction:
+        hook['reconstruction'] = None
+    elif not hook.get('reconstruction'):
+        hook['reconstruction'] = dict(type='mmddaq.BlockReconstruction')
+    return hook
 
 
 def _hook_type(hook: dict) -> str:
@@ -84,8 +123,27 @@ def derive_method(cfg: Config,
         return cfg
     if method in CALIBRATION_METHODS:
         calib_iters = _calib_iters_of(cfg)
+        post = None
+        if method == 'ptq-mse':
+            post = post_training_hook(
+                cfg, dict(type='mmddaq.GaussianSamples'),
+                reconstruction=False)
+            post['num_samples'] = calib_iters * cfg.train_cfg.get(
+                'batch_size', 64)
+            post['batch_size'] = cfg.train_cfg.get('batch_size', 64)
+        elif method == 'qdrop-real':
+            if not cfg.get('real_calib_dataloader'):
+                raise ValueError(
+                    'qdrop-real needs real images: the config has no '
+                    '"real_calib_dataloader" (a dataloader of training '
+                    'images with the test pipeline)')
+            post = post_training_hook(
+                cfg, dict(type='mmddaq.RealSamples',
+                          dataloader=copy.deepcopy(
+                              cfg.real_calib_dataloader)))
         cfg.model.generator = None
-        cfg.model.sample_source = 'gaussian' if method == 'ptq' else 'pool'
+        cfg.model.sample_source = 'pool' if method == 'zeroq' \
+            else 'gaussian'
         weights.update(ce=0., bns=0., dis=0., q_dis=0.)
         cfg.train_cfg.update(max_iters=calib_iters, warmup_iters=calib_iters,
                              val_interval=calib_iters)
@@ -96,12 +154,23 @@ def derive_method(cfg: Config,
                 dict(type='mmddaq.DistilledSamplesHook',
                      num_samples=zeroq_samples, iters=zeroq_iters,
                      batch_size=min(16, zeroq_samples), lr=0.1))
+        if post is not None:
+            hooks.append(post)
         cfg.custom_hooks = hooks
-    elif method == 'gdfq':
+    elif method in ('gdfq', 'genie'):
         conditional = (cfg.model.get('generator') or {}).get('num_classes')
         weights.update(ce=1. if conditional else 0., bns=0.1, dis=0.,
                        q_dis=0.)
-        _replace_hooks(cfg, ('LayerImportanceHook', ), [])
+        post = post_training_hook(
+            cfg, dict(type='mmddaq.AlgorithmSamples')) \
+            if method == 'genie' else None
+        _replace_hooks(cfg, ('LayerImportanceHook', POST_TRAINING), [])
+        if post is not None:
+            # the generator alone is trained; reconstruction refines
+            cfg.train_cfg.warmup_iters = cfg.train_cfg.max_iters
+            cfg.custom_hooks = cfg.custom_hooks + [post]
+    elif method == 'ddaq-kd':
+        _replace_hooks(cfg, (POST_TRAINING, ), [])
     elif method == 'ddaq-no-d1':
         weights.update(bns=0.)
     elif method == 'ddaq-no-d2':

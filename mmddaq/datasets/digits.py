@@ -11,6 +11,11 @@ from mmddaq.registry import DATASETS
 DIGITS_CLASSES = tuple(str(i) for i in range(10))
 
 
+#: Images of the ``tune`` split, taken (stratified) out of the training part.
+TUNE_SIZE = 270
+SPLITS = ('train', 'tune', 'test')
+
+
 def load_digits_split(split: str,
                       img_size: int = 32,
                       test_fraction: float = 0.3,
@@ -18,11 +23,14 @@ def load_digits_split(split: str,
     """Load a fixed split of :func:`sklearn.datasets.load_digits`.
 
     The 1,797 real 8x8 digits (values 0-16) are split once, stratified by
-    class with a fixed seed, scaled to 0-255, resized bilinearly to
-    ``img_size`` and repeated over three channels.
+    class with a fixed seed, into ``test`` (540, the reported split) and a
+    training part, which is split again into ``train`` (987, the FP
+    model's training data) and ``tune`` (270, where quantization recipes
+    are chosen). The three are disjoint. Images are scaled to 0-255,
+    resized bilinearly to ``img_size`` and repeated over three channels.
 
     Args:
-        split (str): ``'train'`` or ``'test'``.
+        split (str): ``'train'``, ``'tune'`` or ``'test'``.
         img_size (int): Output height and width. Defaults to 32.
         test_fraction (float): Share of the test split. Defaults to 0.3.
         seed (int): Seed of the split. Defaults to 0.
@@ -34,8 +42,8 @@ def load_digits_split(split: str,
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    if split not in ('train', 'test'):
-        raise ValueError(f'split must be "train" or "test", got "{split}"')
+    if split not in SPLITS:
+        raise ValueError(f'split must be one of {SPLITS}, got "{split}"')
     digits = load_digits()
     images = digits.images.astype(np.float32) * (255. / 16.)
     train_idx, test_idx = train_test_split(
@@ -43,7 +51,14 @@ def load_digits_split(split: str,
         test_size=test_fraction,
         random_state=seed,
         stratify=digits.target)
-    idx = np.sort(train_idx if split == 'train' else test_idx)
+    parts = dict(test=test_idx)
+    if split != 'test':
+        parts['train'], parts['tune'] = train_test_split(
+            train_idx,
+            test_size=TUNE_SIZE,
+            random_state=seed,
+            stratify=digits.target[train_idx])
+    idx = np.sort(parts[split])
     x = torch.from_numpy(images[idx]).unsqueeze(1)
     x = F.interpolate(
         x, size=(img_size, img_size), mode='bilinear', align_corners=False)
@@ -55,11 +70,12 @@ def load_digits_split(split: str,
 class DigitsDataset(BaseDataset):
     """Handwritten digits shipped with scikit-learn, as 3-channel images.
 
-    A small, real, offline classification set (1,257 train / 540 test
-    images in 10 classes) for trying quantization without downloads.
+    A small, real, offline classification set (987 train / 270 tune / 540
+    test images in 10 classes) for trying quantization without downloads.
 
     Args:
-        split (str): ``'train'`` or ``'test'``. Defaults to ``'train'``.
+        split (str): ``'train'``, ``'tune'`` or ``'test'``. Defaults to
+            ``'train'``.
         img_size (int): Image height and width. Defaults to 32.
         pipeline (Sequence[dict]): Transforms; images are already decoded
             arrays in ``results['img']`` (BGR order is irrelevant: the
@@ -76,7 +92,7 @@ class DigitsDataset(BaseDataset):
                  **kwargs) -> None:
         self.split = split
         self.img_size = img_size
-        kwargs.setdefault('test_mode', split == 'test')
+        kwargs.setdefault('test_mode', split != 'train')
         super().__init__(ann_file='', pipeline=pipeline, **kwargs)
 
     def load_data_list(self) -> List[dict]:

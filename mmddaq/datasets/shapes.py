@@ -526,10 +526,11 @@ def ensure_shapes(out_dir: str = 'data/shapes',
     Args:
         out_dir (str): Root of the set. Defaults to ``'data/shapes'``.
         splits (dict[str, int], optional): Images per split. Defaults to
-            800 train and 200 val images, what the shapes configs expect.
+            800 train, 200 val (reported) and 200 tune images (where
+            recipes are chosen), what the shapes configs expect.
         logger (Callable): Where progress messages go.
     """
-    splits = splits or dict(train=800, val=200)
+    splits = splits or dict(train=800, val=200, tune=200)
     for split, num_images in splits.items():
         if not is_generated(out_dir, split, num_images):
             logger(f'Generating the shapes {split} split ({num_images} '

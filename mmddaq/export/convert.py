@@ -25,8 +25,7 @@ from torch import nn
 
 from mmddaq.quantization import (QuantConv2d, QuantLinear,
                                  observation_disabled)
-from mmddaq.quantization.fake_quant import calc_qparams, quant_range
-from mmddaq.quantization.observers import minmax
+from mmddaq.quantization.fake_quant import quant_range
 from mmddaq.quantization.quantizers import (ActivationQuantizer,
                                             WeightQuantizer)
 from .qdq import QDQActivation, QDQConv2d, QDQLinear
@@ -162,14 +161,7 @@ def weight_qparams(quantizer: WeightQuantizer, weight: torch.Tensor):
         tuple[Tensor, Tensor]: ``scale`` and ``zero_point``, shape
         ``(out_channels,)``.
     """
-    ch_axis = 0 if quantizer.per_channel else None
-    min_val, max_val = minmax(weight, ch_axis)
-    scale, zero_point = calc_qparams(min_val, max_val, quantizer.bits,
-                                     quantizer.symmetric)
-    if quantizer.learnable:
-        scale = quantizer.scale.detach().abs() + 1e-8
-        if not quantizer.symmetric:
-            zero_point = torch.round(-min_val.clamp(max=0.) / scale)
+    scale, zero_point = quantizer.qparams(weight)
     channels = weight.shape[0]
     return (scale.float().expand(channels).clone()
             if scale.numel() == 1 else scale.float().flatten(),
@@ -270,13 +262,7 @@ def activation_qparams(quantizer: ActivationQuantizer,
             f'The activation quantizer of layer "{name}" was never '
             'calibrated: the model is not a trained quantized model '
             '(run calibration / training before exporting).')
-    min_val, max_val = quantizer.observer.current_range()
-    scale, zero_point = calc_qparams(min_val, max_val, quantizer.bits,
-                                     quantizer.symmetric)
-    if quantizer.learnable and bool(quantizer.frozen):
-        scale = quantizer.scale.detach().abs() + 1e-8
-        if not quantizer.symmetric:
-            zero_point = torch.round(-min_val.clamp(max=0.) / scale)
+    scale, zero_point = quantizer.qparams()
     return QDQActivation(
         float(scale), int(zero_point.round().item()),
         quant_range(quantizer.bits, quantizer.symmetric))

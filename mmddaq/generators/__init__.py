@@ -1,3 +1,4 @@
 from .generator import Generator
+from .sources import AlgorithmSamples, GaussianSamples, RealSamples
 
-__all__ = ['Generator']
+__all__ = ['Generator', 'AlgorithmSamples', 'GaussianSamples', 'RealSamples']

@@ -10,7 +10,9 @@ from .model_quantizer import (ModelQuantizer, activation_quantizers,
                               step_activation_observers,
                               quantizable_layers, quantized_layers)
 from .modules import QuantConv2d, QuantLinear
-from .observers import EMAMinMaxObserver
+from .adaround import AdaRoundQuantizer
+from .observers import EMAMinMaxObserver, MSEObserver, PercentileObserver
+from .reconstruction import BlockReconstruction, correct_bias
 from .quantizers import ActivationQuantizer, WeightQuantizer
 
 __all__ = [
@@ -18,7 +20,8 @@ __all__ = [
     'round_ste', 'ModelQuantizer', 'activation_quantizers',
     'calibrate_activations', 'freeze_activations', 'observation_disabled',
     'step_activation_observers', 'quantizable_layers',
-    'quantized_layers', 'QuantConv2d', 'QuantLinear', 'EMAMinMaxObserver',
+    'quantized_layers', 'QuantConv2d', 'QuantLinear', 'EMAMinMaxObserver', 'MSEObserver', 'PercentileObserver',
+    'AdaRoundQuantizer', 'BlockReconstruction', 'correct_bias',
     'ActivationQuantizer', 'WeightQuantizer', 'DEFAULT_CANDIDATES',
     'GreedyBitAllocator', 'LayerCost', 'average_bits',
     'costs_from_sensitivity', 'pinned_layers', 'weight_quant_error',

@@ -1,9 +1,27 @@
-"""Observers: where a quantizer's range (min, max) comes from."""
-from typing import Optional, Sequence
+"""Observers: where a quantizer's range (min, max) comes from.
+
+Three range estimators, each a registered observer chosen per quantizer in
+the config (``act_quantizer=dict(observer=dict(type='mmddaq.MSEObserver'))``,
+likewise ``weight_quantizer``):
+
+- :class:`EMAMinMaxObserver` (``minmax``): the observed minimum and maximum;
+- :class:`PercentileObserver` (``percentile``): low/high percentiles, which
+  ignore rare outliers;
+- :class:`MSEObserver` (``mse``): the clipping of the min-max range that
+  minimises the Lp error of quantizing the observed values on the actual
+  grid (per output channel for weights, per tensor for activations).
+
+Activations are observed batch by batch during calibration; the range is
+settled by :meth:`~EMAMinMaxObserver.finalize` when the quantizer freezes.
+Weights are searched once, data-free, by :meth:`~EMAMinMaxObserver.search`.
+"""
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as torch_dist
 from torch import nn
+
+from mmddaq.registry import MODELS
 
 
 def minmax(x: torch.Tensor, ch_axis: Optional[int] = None):
@@ -24,6 +42,57 @@ def minmax(x: torch.Tensor, ch_axis: Optional[int] = None):
     return flat.min(dim=1).values, flat.max(dim=1).values
 
 
+def _fake_quant_error(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                      bits: int, symmetric: bool, p: float) -> torch.Tensor:
+    """Mean ``|x - Q(x)|^p`` over the last axis of ``x`` for ranges lo/hi.
+
+    ``x`` is ``(C, N)``; ``lo``/``hi`` are ``(C,)`` (one range per row).
+    """
+    from .fake_quant import calc_qparams, quant_range
+    qmin, qmax = quant_range(bits, symmetric)
+    scale, zero_point = calc_qparams(lo, hi, bits, symmetric)
+    scale, zero_point = scale[:, None], zero_point[:, None]
+    q = torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)
+    return ((q - zero_point) * scale - x).abs().pow(p).mean(dim=1)
+
+
+def lp_range_search(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                    bits: int, symmetric: bool, p: float = 2.4,
+                    num_candidates: int = 80,
+                    min_ratio: float = 0.05) -> Tuple[torch.Tensor,
+                                                      torch.Tensor]:
+    """Shrink ``[lo, hi]`` per row of ``x`` to the lowest Lp error.
+
+    Candidates are ``ratio * [lo, hi]`` for ``num_candidates`` ratios evenly
+    spaced in ``[min_ratio, 1]``; the full range is always a candidate, so
+    the result is never worse than min-max on ``x``.
+
+    Args:
+        x (Tensor): ``(C, N)`` values, one row per range.
+        lo (Tensor): ``(C,)`` minima. hi (Tensor): ``(C,)`` maxima.
+        bits (int): Bit-width of the grid.
+        symmetric (bool): Symmetric grid.
+        p (float): Exponent of the error. Defaults to 2.4.
+        num_candidates (int): Ratios tried. Defaults to 80.
+        min_ratio (float): Smallest ratio. Defaults to 0.05.
+
+    Returns:
+        tuple[Tensor, Tensor]: The best ``(lo, hi)``.
+    """
+    x = x.float()
+    lo, hi = lo.float(), hi.float()
+    best_err = torch.full_like(lo, float('inf'))
+    best_lo, best_hi = lo.clone(), hi.clone()
+    for ratio in torch.linspace(1., min_ratio, num_candidates).tolist():
+        err = _fake_quant_error(x, lo * ratio, hi * ratio, bits, symmetric, p)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_lo = torch.where(better, lo * ratio, best_lo)
+        best_hi = torch.where(better, hi * ratio, best_hi)
+    return best_lo, best_hi
+
+
+@MODELS.register_module()
 class EMAMinMaxObserver(nn.Module):
     """Per-tensor range as an exponential moving average of batch min/max.
 
@@ -94,6 +163,183 @@ class EMAMinMaxObserver(nn.Module):
         self.max_val.copy_(hi)
         self.num_batches += 1
         self._pending = None
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Forget everything observed (a new calibration starts)."""
+        self.num_batches.zero_()
+        self._pending = None
+
+    def finalize(self, bits: int, symmetric: bool) -> None:
+        """Settle the range when calibration ends (min-max: nothing to do).
+
+        Args:
+            bits (int): Bit-width of the quantizer's grid.
+            symmetric (bool): Whether the grid is symmetric.
+        """
+
+    def search(self, x: torch.Tensor, ch_axis: Optional[int], bits: int,
+               symmetric: bool):
+        """Range of a whole tensor at once (weights: data-free).
+
+        Args:
+            x (Tensor): The tensor, e.g. a weight.
+            ch_axis (int, optional): One range per index of this axis.
+            bits (int): Bit-width of the grid.
+            symmetric (bool): Whether the grid is symmetric.
+
+        Returns:
+            tuple[Tensor, Tensor]: Minimum and maximum.
+        """
+        return minmax(x, ch_axis)
+
+
+def _rows(x: torch.Tensor, ch_axis: Optional[int]) -> torch.Tensor:
+    x = x.detach().float()
+    if ch_axis is None:
+        return x.reshape(1, -1)
+    return x.transpose(0, ch_axis).reshape(x.shape[ch_axis], -1)
+
+
+class _SampledObserver(EMAMinMaxObserver):
+    """Min-max EMA that also keeps a bounded random sample of the values.
+
+    The sample (at most ``max_samples`` values, drawn uniformly from each
+    call) is what :meth:`finalize` searches; it is not saved in the
+    ``state_dict`` (the settled range is). Data-parallel calibration
+    broadcasts the settled range from rank 0 (see
+    :func:`broadcast_ranges`).
+    """
+
+    def __init__(self, momentum: float = 0.9,
+                 max_samples: int = 2**16) -> None:
+        super().__init__(momentum)
+        self.max_samples = int(max_samples)
+        self._samples = []
+        self._num_sampled = 0
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> None:
+        super().forward(x)
+        if x.numel() == 0:
+            return
+        flat = x.detach().reshape(-1)
+        per_call = max(1, self.max_samples // 16)
+        if flat.numel() > per_call:
+            idx = torch.randint(0, flat.numel(), (per_call, ),
+                                device=flat.device)
+            flat = flat[idx]
+        self._samples.append(flat.float())
+        self._num_sampled += flat.numel()
+        if self._num_sampled > self.max_samples:  # keep a uniform subset
+            pool = torch.cat(self._samples)
+            keep = torch.randperm(pool.numel(),
+                                  device=pool.device)[:self.max_samples]
+            self._samples = [pool[keep]]
+            self._num_sampled = self.max_samples
+
+    def reset(self) -> None:
+        super().reset()
+        self._samples, self._num_sampled = [], 0
+
+    def _range_of(self, x: torch.Tensor, lo, hi, bits, symmetric):
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def finalize(self, bits: int, symmetric: bool) -> None:
+        self.step()
+        if not self._samples or self._num_batches() == 0:
+            return
+        x = torch.cat(self._samples).reshape(1, -1)
+        lo, hi = self._range_of(x, self.min_val.reshape(1),
+                                self.max_val.reshape(1), bits, symmetric)
+        self.min_val.copy_(lo.reshape(()))
+        self.max_val.copy_(hi.reshape(()))
+        self._samples, self._num_sampled = [], 0
+
+    def search(self, x, ch_axis, bits, symmetric):
+        lo, hi = minmax(x, ch_axis)
+        rows = _rows(x, ch_axis)
+        lo2, hi2 = self._range_of(rows, lo.reshape(-1).float(),
+                                  hi.reshape(-1).float(), bits, symmetric)
+        return lo2.reshape(lo.shape), hi2.reshape(hi.shape)
+
+
+@MODELS.register_module()
+class PercentileObserver(_SampledObserver):
+    """Range from low/high percentiles of the observed values.
+
+    Args:
+        percentile (float): Upper percentile (the lower one is
+            ``100 - percentile``). Defaults to 99.99.
+        momentum (float): EMA momentum of the min-max it starts from.
+        max_samples (int): Values kept for the percentile.
+    """
+
+    def __init__(self, percentile: float = 99.99, momentum: float = 0.9,
+                 max_samples: int = 2**16) -> None:
+        super().__init__(momentum, max_samples)
+        if not 50. < percentile <= 100.:
+            raise ValueError(
+                f'percentile must be in (50, 100], got {percentile}')
+        self.percentile = float(percentile)
+
+    def _range_of(self, x, lo, hi, bits, symmetric):
+        q = torch.tensor([1. - self.percentile / 100., self.percentile / 100.],
+                         device=x.device)
+        bounds = torch.quantile(x.float(), q, dim=1)
+        return torch.maximum(bounds[0], lo), torch.minimum(bounds[1], hi)
+
+
+@MODELS.register_module()
+class MSEObserver(_SampledObserver):
+    """Range that minimises the Lp quantization error (range search).
+
+    Args:
+        p (float): Exponent of the error. Defaults to 2.4 (BRECQ's choice).
+        num_candidates (int): Clipping ratios tried. Defaults to 80.
+        momentum (float): EMA momentum of the min-max it starts from.
+        max_samples (int): Values kept for the search (activations).
+    """
+
+    def __init__(self, p: float = 2.4, num_candidates: int = 80,
+                 momentum: float = 0.9, max_samples: int = 2**16) -> None:
+        super().__init__(momentum, max_samples)
+        if p <= 0:
+            raise ValueError(f'p must be > 0, got {p}')
+        self.p = float(p)
+        self.num_candidates = int(num_candidates)
+
+    def _range_of(self, x, lo, hi, bits, symmetric):
+        return lp_range_search(x, lo, hi, bits, symmetric, self.p,
+                               self.num_candidates)
+
+
+def build_observer(cfg: Optional[dict], momentum: float = 0.9) -> nn.Module:
+    """Build an observer from its config (default: EMA min-max).
+
+    Args:
+        cfg (dict, optional): Observer config; ``type`` defaults to
+            ``'mmddaq.EMAMinMaxObserver'``.
+        momentum (float): Default EMA momentum. Defaults to 0.9.
+    """
+    cfg = dict(cfg or {})
+    cfg.setdefault('type', 'mmddaq.EMAMinMaxObserver')
+    cfg.setdefault('momentum', momentum)
+    return MODELS.build(cfg)
+
+
+def broadcast_ranges(observers: Sequence[EMAMinMaxObserver],
+                     src: int = 0) -> None:
+    """Give every rank rank ``src``'s settled ranges (a no-op alone).
+
+    Args:
+        observers (Sequence[EMAMinMaxObserver]): The same observers, in
+            the same order, on every rank.
+        src (int): Rank whose ranges win. Defaults to 0.
+    """
+    from mmddaq.utils.dist import broadcast_
+    broadcast_([t for o in observers for t in (o.min_val, o.max_val)], src)
 
 
 def host_value(t: torch.Tensor, cache: dict, key: str):

@@ -4,6 +4,7 @@ A quantizer owns its range (an observer or a learnable step) and applies
 :func:`fake_quantize`. It knows nothing about the layer it serves.
 """
 import math
+from typing import Optional
 
 import torch
 from torch import nn
@@ -11,7 +12,19 @@ from torch import nn
 from mmddaq.registry import MODELS
 from .fake_quant import (PASS_THROUGH_BITS, calc_qparams, check_bits,
                          fake_quantize, quant_range, scale_grad)
-from .observers import EMAMinMaxObserver, host_value, minmax
+from .observers import build_observer, host_value, minmax
+
+
+def _resize_buffers_on_load(module: nn.Module, names, state_dict,
+                            prefix: str) -> None:
+    """Let buffers whose shape is set after construction load any shape."""
+    for name in names:
+        key = prefix + name
+        if key in state_dict and \
+                state_dict[key].shape != getattr(module, name).shape:
+            setattr(module, name,
+                    torch.empty_like(state_dict[key],
+                                     device=getattr(module, name).device))
 
 
 @MODELS.register_module()
@@ -27,30 +40,90 @@ class WeightQuantizer(nn.Module):
         learnable (bool): Learn the step size (LSQ) starting from the
             min-max step. Requires :meth:`init_from` before use.
             Defaults to False.
+        observer (dict, optional): Range estimator searched once on the
+            weight by :meth:`init_from` (e.g. ``dict(type='mmddaq.MSEObserver')``);
+            the found clipping is kept as a per-channel ratio of the
+            min-max range, so it follows the weight during fine-tuning.
+            Defaults to min-max (no clipping).
     """
 
     def __init__(self,
                  bits: int = 4,
                  symmetric: bool = False,
                  per_channel: bool = True,
-                 learnable: bool = False) -> None:
+                 learnable: bool = False,
+                 observer: Optional[dict] = None) -> None:
         super().__init__()
         self.bits = check_bits(bits, 'weight bit-width')
         self.symmetric = symmetric
         self.per_channel = per_channel
         self.learnable = learnable
+        self.observer_cfg = dict(observer) if observer else None
         self.scale = None
         self._cache = None
+        # empty = not used; set by init_from (range search) and fix_qparams
+        # (learned rounding): [lo_ratio, hi_ratio] per channel, and the
+        # scale / zero point a reconstructed weight was rounded to
+        self.register_buffer('clip_ratio', torch.empty(0))
+        self.register_buffer('fixed_scale', torch.empty(0))
+        self.register_buffer('fixed_zero_point', torch.empty(0))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        _resize_buffers_on_load(
+            self, ('clip_ratio', 'fixed_scale', 'fixed_zero_point'),
+            state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def enabled(self) -> bool:
         """bool: False when the quantizer passes weights through."""
         return self.bits != PASS_THROUGH_BITS
 
-    def _qparams(self, weight: torch.Tensor):
+    def _range(self, weight: torch.Tensor):
         ch_axis = 0 if self.per_channel else None
         min_val, max_val = minmax(weight, ch_axis)
+        if self.clip_ratio.numel():
+            min_val = min_val * self.clip_ratio[0]
+            max_val = max_val * self.clip_ratio[1]
+        return min_val, max_val
+
+    def _qparams(self, weight: torch.Tensor):
+        if self.fixed_scale.numel():
+            return self.fixed_scale, self.fixed_zero_point
+        min_val, max_val = self._range(weight)
         return calc_qparams(min_val, max_val, self.bits, self.symmetric)
+
+    @torch.no_grad()
+    def qparams(self, weight: torch.Tensor):
+        """Scale and zero point this quantizer uses for ``weight`` now.
+
+        Args:
+            weight (Tensor): The weight it serves.
+
+        Returns:
+            tuple[Tensor, Tensor]: Detached ``scale`` and ``zero_point``
+            (per output channel, or scalars per tensor).
+        """
+        scale, zero_point = self._qparams(weight)
+        if self.learnable and self.scale is not None \
+                and not self.fixed_scale.numel():
+            scale = self.scale.detach().abs() + 1e-8
+            if not self.symmetric:
+                min_val, _ = self._range(weight)
+                zero_point = torch.round(-min_val.clamp(max=0.) / scale)
+        return scale.detach(), zero_point.detach()
+
+    @torch.no_grad()
+    def fix_qparams(self, scale: torch.Tensor,
+                    zero_point: torch.Tensor) -> None:
+        """Quantize with this scale and zero point from now on.
+
+        Used once a weight has been rounded onto a grid for good (learned
+        rounding): the grid must not move with the weight's new min-max.
+        """
+        self.fixed_scale = scale.detach().clone().float()
+        self.fixed_zero_point = zero_point.detach().clone().float()
+        self._cache = None
 
     def _broadcast(self, t: torch.Tensor, weight: torch.Tensor):
         if t.dim() == 0 or not self.per_channel:
@@ -59,11 +132,21 @@ class WeightQuantizer(nn.Module):
 
     @torch.no_grad()
     def init_from(self, weight: torch.Tensor) -> None:
-        """Create the learnable step from the weight's min-max range.
+        """Search the range (observer) and create the learnable step.
 
         Args:
             weight (Tensor): The weight this quantizer will serve.
         """
+        if self.observer_cfg and self.enabled:
+            ch_axis = 0 if self.per_channel else None
+            observer = build_observer(self.observer_cfg)
+            lo, hi = minmax(weight, ch_axis)
+            lo2, hi2 = observer.search(weight, ch_axis, self.bits,
+                                       self.symmetric)
+            ratio = lambda a, b: torch.where(b.abs() > 0, a / b,
+                                             torch.ones_like(a))
+            self.clip_ratio = torch.stack([ratio(lo2, lo), ratio(hi2, hi)
+                                           ]).float()
         if self.learnable and self.enabled:
             scale, _ = self._qparams(weight)
             self.scale = nn.Parameter(scale.clone())
@@ -88,7 +171,7 @@ class WeightQuantizer(nn.Module):
 
     def _fake_quantize(self, weight: torch.Tensor) -> torch.Tensor:
         scale, zero_point = self._qparams(weight)
-        if self.learnable:
+        if self.learnable and not self.fixed_scale.numel():
             if self.scale is None:
                 raise RuntimeError(
                     'WeightQuantizer(learnable=True) was used before '
@@ -97,7 +180,7 @@ class WeightQuantizer(nn.Module):
             factor = 1. / math.sqrt(weight[0].numel() * qmax)
             scale = scale_grad(self.scale.abs() + 1e-8, factor)
             if not self.symmetric:
-                min_val, _ = minmax(weight, 0 if self.per_channel else None)
+                min_val, _ = self._range(weight)
                 zero_point = torch.round(-min_val.clamp(max=0.) /
                                          scale.detach())
         return fake_quantize(weight, self._broadcast(scale, weight),
@@ -105,8 +188,10 @@ class WeightQuantizer(nn.Module):
                              self.symmetric)
 
     def extra_repr(self) -> str:
+        obs = (self.observer_cfg or {}).get('type', 'minmax')
         return (f'bits={self.bits}, symmetric={self.symmetric}, '
-                f'per_channel={self.per_channel}, learnable={self.learnable}')
+                f'per_channel={self.per_channel}, learnable={self.learnable}'
+                f', observer={obs}')
 
 
 @MODELS.register_module()
@@ -128,13 +213,16 @@ class ActivationQuantizer(nn.Module):
         symmetric (bool): Symmetric grid if True. Defaults to False.
         momentum (float): EMA momentum of the observer. Defaults to 0.9.
         learnable (bool): Learn the step after freezing. Defaults to False.
+        observer (dict, optional): Range estimator (``mmddaq.MSEObserver``,
+            ``mmddaq.PercentileObserver``, ...). Defaults to EMA min-max.
     """
 
     def __init__(self,
                  bits: int = 4,
                  symmetric: bool = False,
                  momentum: float = 0.9,
-                 learnable: bool = False) -> None:
+                 learnable: bool = False,
+                 observer: Optional[dict] = None) -> None:
         super().__init__()
         self.bits = check_bits(bits, 'activation bit-width')
         self.symmetric = symmetric
@@ -142,7 +230,10 @@ class ActivationQuantizer(nn.Module):
         self.layer_name = ''
         # Not saved: evaluation switches observation off temporarily.
         self.observing = True
-        self.observer = EMAMinMaxObserver(momentum)
+        # Not saved: QDrop keeps this share of elements in floating point
+        # while a block is reconstructed.
+        self.drop_prob = 0.
+        self.observer = build_observer(observer, momentum)
         self.register_buffer('frozen', torch.tensor(False))
         self._host = {}
         if learnable:
@@ -174,6 +265,8 @@ class ActivationQuantizer(nn.Module):
         self.observer.step()
         if self.enabled and not self.calibrated:
             raise RuntimeError(self._uncalibrated_msg())
+        if self.enabled and not self.is_frozen():
+            self.observer.finalize(self.bits, self.symmetric)
         if self.learnable and self.enabled and not self.is_frozen():
             scale, _ = self._range_qparams()
             self.scale.copy_(scale)
@@ -187,6 +280,60 @@ class ActivationQuantizer(nn.Module):
     def _range_qparams(self):
         min_val, max_val = self.observer.current_range()
         return calc_qparams(min_val, max_val, self.bits, self.symmetric)
+
+    @torch.no_grad()
+    def qparams(self):
+        """Scale and zero point this quantizer uses now (detached).
+
+        Returns:
+            tuple[Tensor, Tensor]: Per-tensor ``scale`` and ``zero_point``.
+        """
+        scale, zero_point = self._range_qparams()
+        if self.learnable and self.is_frozen():
+            scale = self.scale.detach().abs() + 1e-8
+            if not self.symmetric:
+                zero_point = torch.round(
+                    -self.observer.current_range()[0].clamp(max=0.) / scale)
+        return scale, zero_point
+
+    @torch.no_grad()
+    def start_step_learning(self) -> nn.Parameter:
+        """Learn the step of a frozen range from here on (LSQ).
+
+        Returns:
+            nn.Parameter: The step, initialised from the current range.
+        """
+        if not self.is_frozen():
+            raise RuntimeError(f'layer "{self.layer_name}": freeze the '
+                               'range before learning its step')
+        if not self.learnable:
+            self.scale = nn.Parameter(self._range_qparams()[0].clone())
+            self.learnable = True
+        return self.scale
+
+    @torch.no_grad()
+    def bake_learned_step(self) -> None:
+        """Write the learned step back into the range; stop learning it.
+
+        The range becomes the one whose grid is exactly the learned
+        (scale, zero point), so the model keeps its structure (no extra
+        parameter) and exports as before.
+        """
+        if not self.learnable:
+            return
+        scale, zero_point = self.qparams()
+        qmin, qmax = quant_range(self.bits, self.symmetric)
+        if self.symmetric:
+            half = scale * (qmax - qmin) / 2
+            lo, hi = -half, half
+        else:
+            lo = (qmin - zero_point) * scale
+            hi = lo + scale * (qmax - qmin)
+        self.observer.min_val.copy_(lo.reshape(()))
+        self.observer.max_val.copy_(hi.reshape(()))
+        self.learnable = False
+        self.scale = None
+        self._host.pop('qparams', None)
 
     def is_frozen(self) -> bool:
         """bool: Whether the range is frozen (no device sync when cached)."""
@@ -209,6 +356,13 @@ class ActivationQuantizer(nn.Module):
         if not self.enabled or x.numel() == 0:
             # nothing to quantize (e.g. no RoIs): no range needed either
             return x
+        out = self._quantize(x)
+        if self.drop_prob > 0:  # QDrop: keep some elements unquantized
+            keep = torch.rand_like(x) < self.drop_prob
+            out = torch.where(keep, x, out)
+        return out
+
+    def _quantize(self, x: torch.Tensor) -> torch.Tensor:
         frozen = self.is_frozen()
         if not frozen and self.observing:
             self.observer(x)
@@ -234,4 +388,5 @@ class ActivationQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         return (f'bits={self.bits}, symmetric={self.symmetric}, '
-                f'learnable={self.learnable}')
+                f'learnable={self.learnable}, '
+                f'observer={type(self.observer).__name__}')

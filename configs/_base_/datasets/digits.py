@@ -1,5 +1,7 @@
-# scikit-learn's bundled handwritten digits (1,257 train / 540 test, fixed
-# seeded split), upsampled to 32x32x3. Ships with scikit-learn: no download.
+# scikit-learn's bundled handwritten digits (987 train / 270 tune / 540 test,
+# fixed seeded disjoint splits), upsampled to 32x32x3. Ships with
+# scikit-learn: no download. Recipes are chosen on `tune`
+# (--cfg-options test_dataloader.dataset.split=tune); `test` is reported.
 dataset_type = 'mmddaq.DigitsDataset'
 data_preprocessor = dict(
     type='ClsDataPreprocessor',
@@ -28,3 +30,9 @@ val_dataloader = dict(
 val_evaluator = dict(type='Accuracy', topk=(1, ))
 test_dataloader = val_dataloader
 test_evaluator = val_evaluator
+# Real training images for the `qdrop-real` upper bound (not data-free).
+real_calib_dataloader = dict(
+    batch_size=64,
+    num_workers=0,
+    dataset=dict(type=dataset_type, split='train', pipeline=test_pipeline),
+    sampler=dict(type='DefaultSampler', shuffle=True))

@@ -1,0 +1,9 @@
+# The paper's DDAQ recipe: generator with D1 + D2 + importance, min-max
+# ranges, KD fine-tuning of the quantized model; no post-training refinement.
+_base_ = '../ddaq_resnet18-w16_digits_w4a4.py'
+custom_hooks = [
+    dict(type='mmddaq.LayerImportanceHook',
+         method=dict(type='HessianImportance')),
+    dict(type='mmddaq.ActivationCalibrationHook', calib_iters=50),
+    dict(type='mmddaq.GeneratedSamplesHook', interval=200, num_samples=40),
+]

@@ -1,0 +1,15 @@
+# Upper bound, NOT data-free: MSE ranges and block reconstruction (AdaRound,
+# LSQ, QDrop) on 256 real training images.
+_base_ = './ptq_resnet18-w16_digits_w4a4.py'
+custom_hooks = [
+    dict(type='mmddaq.ActivationCalibrationHook', calib_iters=50),
+    dict(
+        type='mmddaq.PostTrainingHook',
+        samples=dict(
+            type='mmddaq.RealSamples',
+            dataloader={{_base_.real_calib_dataloader}}),
+        num_samples=256,
+        observers=dict(weight=dict(type='mmddaq.MSEObserver'),
+                       act=dict(type='mmddaq.MSEObserver')),
+        reconstruction={{_base_.post_training.reconstruction}}),
+]

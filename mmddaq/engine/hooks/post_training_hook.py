@@ -1,0 +1,155 @@
+"""Post-training quantization steps on a pool of samples, after training."""
+from typing import Optional
+
+import torch
+from mmengine.hooks import Hook
+
+from mmddaq.quantization import (activation_quantizers,
+                                 calibrate_activations, freeze_activations,
+                                 quantized_layers, step_activation_observers)
+from mmddaq.quantization.observers import (all_reduce_pending,
+                                           broadcast_ranges, build_observer)
+from mmddaq.quantization.reconstruction import correct_bias
+from mmddaq.registry import HOOKS, MODELS, SAMPLE_SOURCES
+from .utils import algorithm_of
+
+
+@HOOKS.register_module()
+class PostTrainingHook(Hook):
+    """Calibrate, correct biases and reconstruct blocks when training ends.
+
+    The three stages of a data-free method after its sample source:
+
+    1. a pool of ``num_samples`` inputs is drawn from ``samples`` (the
+       trained generator by default, or Gaussian noise, or real images);
+    2. *initialisation*: ``observers`` swaps the range estimators
+       (``dict(weight=..., act=...)``, e.g. ``mmddaq.MSEObserver`` for
+       both; weight ranges are searched at once, data-free); with
+       ``calibrate=True`` the activation ranges are re-estimated on the pool
+       by each quantizer's observer and frozen; with
+       ``bias_correction=True`` each layer's output mean shift is removed;
+    3. *refinement*: ``reconstruction`` (e.g.
+       ``dict(type='mmddaq.BlockReconstruction')``) learns rounding and
+       activation steps block by block.
+
+    The result is saved as the run's last checkpoint (same file name as the
+    final training checkpoint, which it supersedes), so ``tools/test.py``
+    evaluates the refined model.
+
+    Args:
+        samples (dict): Sample source config (``mmddaq.AlgorithmSamples``,
+            ``mmddaq.GaussianSamples``, ``mmddaq.RealSamples``).
+        num_samples (int): Size of the pool. Defaults to 256.
+        observers (dict, optional): ``weight`` and/or ``act`` observer
+            configs to use from here on. A new ``act`` observer needs
+            ``calibrate=True``.
+        batch_size (int): Batch size of the pool's forwards.
+        calibrate (bool): Re-estimate activation ranges on the pool.
+        bias_correction (bool): Correct per-channel output mean shifts.
+        reconstruction (dict, optional): Refinement config.
+    """
+
+    priority = 'LOW'
+
+    def __init__(self,
+                 samples: dict = dict(type='mmddaq.AlgorithmSamples'),
+                 num_samples: int = 256,
+                 batch_size: int = 32,
+                 observers: Optional[dict] = None,
+                 calibrate: bool = True,
+                 bias_correction: bool = False,
+                 reconstruction: Optional[dict] = None) -> None:
+        if num_samples < 1 or batch_size < 1:
+            raise ValueError('num_samples and batch_size must be >= 1')
+        self.observers = dict(observers or {})
+        unknown = set(self.observers) - {'weight', 'act'}
+        if unknown:
+            raise ValueError(f'observers takes "weight" and "act", got '
+                             f'{sorted(unknown)}')
+        if self.observers.get('act') and not calibrate:
+            raise ValueError('a new activation observer needs '
+                             'calibrate=True (its ranges start empty)')
+        self.samples = SAMPLE_SOURCES.build(samples)
+        self.num_samples = int(num_samples)
+        self.batch_size = int(batch_size)
+        self.calibrate = calibrate
+        self.bias_correction = bias_correction
+        self.reconstruction = MODELS.build(reconstruction) \
+            if reconstruction else None
+
+    def after_train(self, runner) -> None:
+        model = algorithm_of(runner)
+        logger = runner.logger
+        batches = self.samples(model, self.num_samples, self.batch_size)
+        logger.info(f'Post-training: a pool of {self.num_samples} samples '
+                    f'from {type(self.samples).__name__}')
+        forward = model.adapter.forward
+        fp, q = model.fp_model, model.quantized
+        if self.observers:
+            set_observers(q, **self.observers)
+        if self.calibrate:
+            recalibrate(q, forward, batches)
+            logger.info('Activation ranges re-estimated on the pool')
+        if self.bias_correction:
+            shifts = correct_bias(fp, q, forward, batches)
+            logger.info(f'Bias correction of {len(shifts)} layers')
+        if self.reconstruction is not None:
+            results = self.reconstruction(fp, q, forward, batches)
+            before = sum(r['error_before'] for r in results)
+            after = sum(r['error_after'] for r in results)
+            logger.info(f'Reconstructed {len(results)} blocks: summed '
+                        f'output error {before:.4g} -> {after:.4g}')
+            runner.message_hub.update_info('reconstruction', results)
+        self._save(runner)
+
+    @staticmethod
+    def _save(runner) -> None:
+        for hook in runner.hooks:
+            if hasattr(hook, '_save_checkpoint_with_step') and \
+                    getattr(hook, 'save_last', False):
+                hook._save_checkpoint_with_step(
+                    runner, runner.iter,
+                    meta=dict(epoch=runner.epoch, iter=runner.iter))
+                return
+
+
+@torch.no_grad()
+def set_observers(q_model, weight: Optional[dict] = None,
+                  act: Optional[dict] = None) -> None:
+    """Swap the range estimators of every quantizer of ``q_model``.
+
+    Weight ranges are searched on the spot; activation quantizers get a
+    fresh observer (calibrate them afterwards, see :func:`recalibrate`).
+    """
+    for _, layer in quantized_layers(q_model):
+        if weight:
+            layer.weight_quantizer.observer_cfg = dict(weight)
+            layer.weight_quantizer.init_from(layer.weight)
+        if act:
+            aq = layer.act_quantizer
+            momentum = getattr(aq.observer, 'momentum', 0.9)
+            aq.observer = build_observer(act, momentum).to(
+                aq.observer.min_val.device)
+
+
+@torch.no_grad()
+def recalibrate(q_model, forward, batches) -> None:
+    """Estimate every activation range anew on ``batches``, then freeze.
+
+    Each batch is one observer step; data-parallel ranks agree on the
+    global batch's range (min-max) and take rank 0's settled range
+    (searched observers).
+    """
+    quantizers = activation_quantizers(q_model)
+    for q in quantizers:
+        q.observer.reset()
+    calibrate_activations(q_model)
+    for x in batches:
+        forward(q_model, x)
+        all_reduce_pending([q.observer for q in quantizers])
+        step_activation_observers(q_model)
+    freeze_activations(q_model)
+    broadcast_ranges([q.observer for q in quantizers])
+
+
+__all__ = ['PostTrainingHook', 'recalibrate', 'set_observers']

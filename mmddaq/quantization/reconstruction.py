@@ -1,0 +1,412 @@
+"""Post-training refinement on a pool of samples: bias correction and
+block-wise output reconstruction (BRECQ-style, with AdaRound learned
+rounding, LSQ activation steps and QDrop).
+
+Both work by module swap on the fake-quantized model (no tracing), so they
+apply to every model mmddaq quantizes. Inputs and targets of one block at a
+time are captured with forward hooks while the whole models run on the
+pool, so memory holds one block's data, not the whole network's.
+"""
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from mmengine.logging import print_log
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from mmddaq.registry import MODELS
+from mmddaq.utils.nested import flatten_tensors
+from .adaround import AdaRoundQuantizer, TemperatureDecay
+from .model_quantizer import observation_disabled, quantized_layers
+from .modules import QUANT_MODULES
+
+#: Residual blocks reconstructed as one unit (class names, any package).
+DEFAULT_BLOCK_TYPES = ('BasicBlock', 'Bottleneck', 'InvertedResidual')
+
+Forward = Callable[[nn.Module, torch.Tensor], object]
+
+
+def execution_order(model: nn.Module, run: Callable[[], object],
+                    names: Sequence[str]) -> List[str]:
+    """``names`` sorted by when each submodule first runs in ``run()``.
+
+    Submodules that never run are left out.
+    """
+    modules = dict(model.named_modules())
+    order: List[str] = []
+    handles = [
+        modules[n].register_forward_pre_hook(
+            lambda mod, inp, n=n: order.append(n) if n not in order else None)
+        for n in names
+    ]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return order
+
+
+def reconstruction_units(model: nn.Module,
+                         block_types: Sequence[str] = DEFAULT_BLOCK_TYPES
+                         ) -> List[str]:
+    """Names of the units reconstructed one at a time, in module order.
+
+    A unit is a residual block (a module whose class name is in
+    ``block_types``) holding quantized layers, or a quantized layer that is
+    in no such block (stem, classifier, FPN and head convs).
+    """
+    units: List[str] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(u + '.') for u in units):
+            continue
+        if type(module).__name__ in block_types and \
+                quantized_layers(module):
+            units.append(name)
+        elif isinstance(module, QUANT_MODULES):
+            units.append(name)
+    return units
+
+
+def _capture(fp_model, q_model, fp_unit, q_unit, forward: Forward,
+             batches) -> List[Tuple[torch.Tensor, List[torch.Tensor]]]:
+    """(quantized-model input, FP output) of every call of a unit."""
+    q_inputs, fp_outputs = [], []
+
+    def grab_input(module, args):
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if len(tensors) != 1:
+            raise ValueError(
+                f'{type(module).__name__} takes {len(tensors)} tensor '
+                'inputs; block reconstruction handles units with exactly '
+                'one (exclude it with block_types or reconstruct its '
+                'layers one by one).')
+        q_inputs.append(tensors[0].detach())
+
+    def grab_output(module, args, output):
+        fp_outputs.append([t.detach() for t in flatten_tensors(output)])
+
+    handles = [q_unit.register_forward_pre_hook(grab_input),
+               fp_unit.register_forward_hook(grab_output)]
+    try:
+        with torch.no_grad(), observation_disabled(q_model):
+            for x in batches:
+                forward(fp_model, x)
+                forward(q_model, x)
+    finally:
+        for h in handles:
+            h.remove()
+    if len(q_inputs) != len(fp_outputs):
+        raise RuntimeError('the FP and the quantized model called a unit a '
+                           f'different number of times ({len(fp_outputs)} '
+                           f'vs {len(q_inputs)})')
+    return list(zip(q_inputs, fp_outputs))
+
+
+def _output_error(unit: nn.Module, records) -> float:
+    """Mean over records of the per-sample squared output error."""
+    total, count = 0., 0
+    with torch.no_grad():
+        for x, target in records:
+            out = flatten_tensors(unit(x))
+            total += float(_rec_loss(out, target)) * len(x)
+            count += len(x)
+    return total / max(count, 1)
+
+
+def _rec_loss(out: List[torch.Tensor], target: List[torch.Tensor]):
+    """Squared error summed over features, averaged over samples."""
+    loss = 0.
+    for o, t in zip(out, target):
+        loss = loss + (o - t).pow(2).reshape(len(o), -1).sum(1).mean()
+    return loss
+
+
+@MODELS.register_module()
+class BlockReconstruction:
+    """Reconstruct each block's output from the FP model's, block by block.
+
+    For every unit (residual block, or a layer outside blocks) in execution
+    order, its inputs from the quantized model and the FP model's outputs
+    are captured on the sample pool; then the unit's weight rounding
+    (AdaRound), activation steps (LSQ) are learned to minimise the squared
+    output error, with QDrop's random dropping of activation quantization.
+    Afterwards the rounding is hard and baked into the weights, and the
+    learned steps into the activation ranges: the model keeps its
+    structure, saves, loads and exports as before.
+
+    Args:
+        iters (int): Optimisation steps per unit. Defaults to 500.
+        batch_size (int): Samples per step. Defaults to 32.
+        block_types (Sequence[str]): Class names of residual blocks
+            reconstructed as one unit.
+        adaround (bool): Learn the rounding. Defaults to True.
+        round_lr (float): Adam learning rate of the rounding variables.
+        round_weight (float): Weight of the rounding regulariser.
+        warmup (float): Share of steps before the regulariser starts.
+        beta (tuple[float, float]): Start and end of its exponent.
+        learn_act_steps (bool): Learn activation step sizes (LSQ).
+        act_lr (float): Adam learning rate of the activation steps.
+        drop_prob (float): QDrop: share of activation elements left
+            unquantized during reconstruction (0 turns it off).
+        log_interval (int): Log every n units (0: only the summary).
+    """
+
+    def __init__(self,
+                 iters: int = 500,
+                 batch_size: int = 32,
+                 block_types: Sequence[str] = DEFAULT_BLOCK_TYPES,
+                 adaround: bool = True,
+                 round_lr: float = 1e-3,
+                 round_weight: float = 0.01,
+                 warmup: float = 0.2,
+                 beta: Tuple[float, float] = (20., 2.),
+                 learn_act_steps: bool = True,
+                 act_lr: float = 4e-5,
+                 drop_prob: float = 0.5,
+                 log_interval: int = 1) -> None:
+        if iters < 1 or batch_size < 1:
+            raise ValueError('iters and batch_size must be >= 1')
+        if not 0. <= drop_prob < 1.:
+            raise ValueError(f'drop_prob must be in [0, 1), got {drop_prob}')
+        self.iters = int(iters)
+        self.batch_size = int(batch_size)
+        self.block_types = tuple(block_types)
+        self.adaround = adaround
+        self.round_lr = round_lr
+        self.round_weight = round_weight
+        self.warmup = warmup
+        self.beta = tuple(beta)
+        self.learn_act_steps = learn_act_steps
+        self.act_lr = act_lr
+        self.drop_prob = drop_prob
+        self.log_interval = log_interval
+
+    def __call__(self, fp_model: nn.Module, q_model: nn.Module,
+                 forward: Forward,
+                 batches: Sequence[torch.Tensor]) -> List[dict]:
+        """Reconstruct every unit of ``q_model`` in place.
+
+        Args:
+            fp_model (nn.Module): The frozen FP model.
+            q_model (nn.Module): Its fake-quantized copy, activation ranges
+                calibrated and frozen.
+            forward (Callable): ``forward(model, x)`` runs a model on a
+                batch (the task adapter's forward).
+            batches (Sequence[Tensor]): The sample pool, in batches.
+
+        Returns:
+            list[dict]: Per unit: ``name``, ``error_before`` and
+            ``error_after`` (squared output error on the pool) and
+            ``seconds``.
+        """
+        units = execution_order(
+            q_model, lambda: forward(q_model, batches[0]),
+            reconstruction_units(q_model, self.block_types))
+        results = []
+        start = time.perf_counter()
+        for i, name in enumerate(units):
+            result = self.reconstruct_unit(fp_model, q_model, name, forward,
+                                           batches)
+            results.append(result)
+            if self.log_interval and (i + 1) % self.log_interval == 0:
+                print_log(
+                    f'Reconstruction block {i + 1}/{len(units)} {name}: '
+                    f'output error {result["error_before"]:.4g} -> '
+                    f'{result["error_after"]:.4g} '
+                    f'({result["seconds"]:.1f} s, '
+                    f'{time.perf_counter() - start:.0f} s total)',
+                    logger='current')
+        return results
+
+    def reconstruct_unit(self, fp_model, q_model, name: str,
+                         forward: Forward, batches) -> dict:
+        """Reconstruct one unit (see :meth:`__call__`)."""
+        tic = time.perf_counter()
+        fp_unit = fp_model.get_submodule(name)
+        q_unit = q_model.get_submodule(name)
+        records = _capture(fp_model, q_model, fp_unit, q_unit, forward,
+                           batches)
+        error_before = _output_error(q_unit, records)
+        layers = [m for _, m in quantized_layers(q_unit)] \
+            if not isinstance(q_unit, QUANT_MODULES) else [q_unit]
+        originals = [m.weight_quantizer for m in layers]
+        rounders = []
+        if self.adaround:
+            for m in layers:
+                if m.weight_quantizer.enabled:
+                    ada = AdaRoundQuantizer(m.weight_quantizer, m.weight)
+                    rounders.append((m, ada))
+                    m.weight_quantizer = ada
+        acts = [m.act_quantizer for m in layers if m.act_quantizer.enabled]
+        # steps learned here are baked back; configured LSQ steps stay
+        learned_here = [q for q in acts if not q.learnable] \
+            if self.learn_act_steps else []
+        steps = [q.start_step_learning() for q in acts] \
+            if self.learn_act_steps else []
+        groups = []
+        if rounders:
+            groups.append(dict(params=[a.alpha for _, a in rounders],
+                               lr=self.round_lr))
+        if steps:
+            groups.append(dict(params=steps, lr=self.act_lr))
+        try:
+            if groups:
+                for q in acts:
+                    q.drop_prob = self.drop_prob
+                self._optimise(q_unit, records, groups, rounders)
+        finally:
+            for q in acts:
+                q.drop_prob = 0.
+            for (m, ada) in rounders:
+                ada.hard = True
+            for q in learned_here:
+                q.bake_learned_step()
+        self._bake_rounding(rounders, originals, layers)
+        error_after = _output_error(q_unit, records)
+        return dict(name=name, error_before=error_before,
+                    error_after=error_after,
+                    seconds=time.perf_counter() - tic)
+
+    def _optimise(self, unit, records, groups, rounders) -> None:
+        params = [p for g in groups for p in g['params']]
+        optimizer = torch.optim.Adam(groups)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=self.iters, eta_min=0.)
+        decay = TemperatureDecay(self.iters, self.warmup, *self.beta)
+        for it in range(self.iters):
+            x, target = records[int(torch.randint(len(records), ()))]
+            idx = torch.randint(len(x), (min(self.batch_size, len(x)), ),
+                                device=x.device)
+            out = flatten_tensors(unit(x[idx]))
+            loss = _rec_loss(out, [t[idx] for t in target])
+            beta = decay(it)
+            if beta is not None and rounders:
+                loss = loss + self.round_weight * sum(
+                    a.regularizer(beta) for _, a in rounders)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward(inputs=params)
+            optimizer.step()
+            schedule.step()
+
+    @staticmethod
+    @torch.no_grad()
+    def _bake_rounding(rounders, originals, layers) -> None:
+        """Hard-rounded weights into the layers, original quantizers back
+        with the grid fixed (so the weights stay exactly on it)."""
+        by_layer = {id(m): ada for m, ada in rounders}
+        for m, quantizer in zip(layers, originals):
+            ada = by_layer.get(id(m))
+            if ada is not None:
+                levels = ada.integer_levels()
+                m.weight.copy_(((levels - ada.zero_point) *
+                                ada.scale).to(m.weight.dtype))
+                quantizer.fix_qparams(ada.grid_scale, ada.grid_zero_point)
+            m.weight_quantizer = quantizer
+
+
+@torch.no_grad()
+def correct_bias(fp_model: nn.Module, q_model: nn.Module, forward: Forward,
+                 batches: Sequence[torch.Tensor]) -> Dict[str, float]:
+    """Remove each quantized layer's per-channel output mean shift.
+
+    Layer by layer in execution order (so each correction sees the
+    corrected layers before it), the mean output of the quantized layer and
+    of its FP counterpart are measured on ``batches``; the difference is
+    added to the layer's bias, or, for a bias-free conv followed by
+    BatchNorm, to that BN's running mean. Nothing in the model's structure
+    changes. Layers with neither are left as they are.
+
+    Args:
+        fp_model (nn.Module): The FP model.
+        q_model (nn.Module): Its fake-quantized copy (ranges frozen).
+        forward (Callable): ``forward(model, x)`` runs a model on a batch.
+        batches (Sequence[Tensor]): Generated (or Gaussian) batches.
+
+    Returns:
+        dict[str, float]: Layer name -> norm of the removed shift.
+    """
+    names = [n for n, _ in quantized_layers(q_model)]
+    order = execution_order(q_model, lambda: forward(q_model, batches[0]),
+                            names)
+    following_bn = _bn_after_each_layer(q_model,
+                                        lambda: forward(q_model, batches[0]),
+                                        order)
+    shifts = {}
+    for name in order:
+        q_layer = q_model.get_submodule(name)
+        fp_layer = fp_model.get_submodule(name)
+        sums = {}
+
+        def make_hook(key):
+
+            def hook(module, args, output):
+                if output.numel():
+                    axis = 1 if output.dim() > 2 else output.dim() - 1
+                    dims = [d for d in range(output.dim()) if d != axis]
+                    sums.setdefault(key, []).append(
+                        (output.float().sum(dims),
+                         output.numel() // output.shape[axis]))
+
+            return hook
+
+        handles = [q_layer.register_forward_hook(make_hook('q')),
+                   fp_layer.register_forward_hook(make_hook('fp'))]
+        try:
+            with observation_disabled(q_model):
+                for x in batches:
+                    forward(fp_model, x)
+                    forward(q_model, x)
+        finally:
+            for h in handles:
+                h.remove()
+        if 'q' not in sums:
+            continue
+        mean = {k: sum(s for s, _ in v) / sum(n for _, n in v)
+                for k, v in sums.items()}
+        shift = mean['fp'] - mean['q']
+        if q_layer.bias is not None:
+            q_layer.bias.add_(shift.to(q_layer.bias.dtype))
+        elif name in following_bn:
+            bn = q_model.get_submodule(following_bn[name])
+            bn.running_mean.sub_(shift.to(bn.running_mean.dtype))
+        else:
+            continue
+        shifts[name] = float(shift.norm())
+    return shifts
+
+
+def _bn_after_each_layer(model: nn.Module, run, layer_names) -> Dict[str,
+                                                                     str]:
+    """Layer name -> the BN that normalises its output (run right after)."""
+    wanted = set(layer_names)
+    order = []
+    handles = []
+    for name, m in model.named_modules():
+        if name in wanted or isinstance(m, _BatchNorm):
+            kind = 'layer' if name in wanted else 'bn'
+            handles.append(m.register_forward_pre_hook(
+                lambda mod, inp, name=name, kind=kind: order.append(
+                    (kind, name))))
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    mapping = {}
+    for (k1, n1), (k2, n2) in zip(order, order[1:]):
+        if k1 == 'layer' and k2 == 'bn' and n1 not in mapping:
+            layer = model.get_submodule(n1)
+            bn = model.get_submodule(n2)
+            out_ch = getattr(layer, 'out_channels',
+                             getattr(layer, 'out_features', None))
+            if bn.running_mean is not None and bn.num_features == out_ch:
+                mapping[n1] = n2
+    return mapping
+
+
+__all__ = ['BlockReconstruction', 'correct_bias', 'execution_order',
+           'reconstruction_units', 'DEFAULT_BLOCK_TYPES']

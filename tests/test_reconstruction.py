@@ -1,0 +1,347 @@
+"""The quantization engine: range estimators, learned steps, learned
+rounding, bias correction and block reconstruction."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from mmddaq.export import (build_export_network, compare_outputs,
+                           export_network, integer_weight,
+                           onnxruntime_session, run_onnxruntime)
+from mmddaq.quantization import (ActivationQuantizer, AdaRoundQuantizer,
+                                 BlockReconstruction, ModelQuantizer,
+                                 WeightQuantizer, calibrate_activations,
+                                 correct_bias, freeze_activations,
+                                 observation_disabled, quantized_layers,
+                                 step_activation_observers)
+from mmddaq.quantization.observers import (MSEObserver, lp_range_search,
+                                           minmax)
+from mmddaq.quantization.reconstruction import reconstruction_units
+
+
+def heavy_tailed(n=20000, seed=0):
+    """Cubes of normal samples: a bulk near 0 and a long tail (max ~60)."""
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, generator=gen)**3).reshape(20, -1)
+
+
+def calibrated_range(observer_cfg, batches, bits=4):
+    q = ActivationQuantizer(bits=bits, observer=observer_cfg)
+    for x in batches:
+        q(x)
+        q.step()
+    q.freeze()
+    return q.observer.min_val.item(), q.observer.max_val.item(), q
+
+
+def fq_error(q, x):
+    with torch.no_grad():
+        return float((q(x) - x).pow(2).mean())
+
+
+@pytest.mark.parametrize('observer', [
+    dict(type='mmddaq.MSEObserver'),
+    dict(type='mmddaq.PercentileObserver', percentile=99.9)
+])
+def test_observer_choice_changes_activation_range(observer):
+    batches = [heavy_tailed(seed=s) for s in range(3)]
+    _, hi_minmax, q_minmax = calibrated_range(None, batches)
+    _, hi, q = calibrated_range(observer, batches)
+    assert hi_minmax > 20
+    # the tail no longer sets the range alone: it shrinks
+    assert hi < 0.75 * hi_minmax
+    x = heavy_tailed(seed=7)
+    assert fq_error(q, x) < 0.5 * fq_error(q_minmax, x)
+
+
+def test_mse_search_never_worse_than_minmax():
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.randn(8, 500, generator=gen) * torch.rand(8, 1,
+                                                           generator=gen)
+    lo, hi = rows.min(1).values, rows.max(1).values
+    lo2, hi2 = lp_range_search(rows, lo, hi, bits=3, symmetric=False, p=2.)
+    assert (hi2 <= hi + 1e-6).all() and (lo2 >= lo - 1e-6).all()
+    from mmddaq.quantization.observers import _fake_quant_error
+    e_full = _fake_quant_error(rows, lo, hi, 3, False, 2.)
+    e_best = _fake_quant_error(rows, lo2, hi2, 3, False, 2.)
+    assert (e_best <= e_full + 1e-9).all() and (e_best < e_full).any()
+
+
+def test_mse_weight_quantizer_clips_per_channel_and_keeps_state():
+    torch.manual_seed(0)
+    weight = torch.randn(6, 64, 3, 3)
+    weight[0, 0, 0, 0] = 12.  # one outlier channel
+    plain = WeightQuantizer(bits=4)
+    plain.init_from(weight)
+    searched = WeightQuantizer(bits=4, observer=dict(type='mmddaq.MSEObserver'))
+    searched.init_from(weight)
+    assert plain.clip_ratio.numel() == 0
+    assert searched.clip_ratio.shape == (2, 6)
+    assert (searched.clip_ratio <= 1 + 1e-6).all()
+    assert searched.clip_ratio[1, 0] < 0.9  # the outlier channel is clipped
+    err = lambda q: float((q(weight) - weight).pow(2).sum())  # noqa: E731
+    assert err(searched) < err(plain)
+    # the ratio travels in the state dict into a quantizer built plainly
+    fresh = WeightQuantizer(bits=4, observer=dict(type='mmddaq.MSEObserver'))
+    fresh.load_state_dict(searched.state_dict())
+    assert torch.equal(fresh(weight), searched(weight))
+
+
+def test_lsq_activation_step_receives_gradient_and_bakes_exactly():
+    q = ActivationQuantizer(bits=4)
+    x = torch.randn(64, 8) * 2
+    q(x)
+    q.freeze()
+    before = q(x).detach()
+    step = q.start_step_learning()
+    assert step.requires_grad
+    y = q(x.requires_grad_())
+    (y - x.detach() * 0.5).pow(2).sum().backward()
+    assert step.grad is not None and step.grad.abs() > 0
+    assert torch.allclose(q(x), before)
+    with torch.no_grad():
+        step.mul_(0.8)
+    learned = q(x).detach()
+    q.bake_learned_step()
+    assert q.scale is None and not q.learnable
+    assert torch.allclose(q(x), learned, atol=1e-6)
+
+
+def test_lsq_scales_get_their_own_param_group():
+    from mmengine.optim import build_optim_wrapper
+    model = ModelQuantizer(w_bits=4, a_bits=4,
+                           act_quantizer=dict(learnable=True)).quantize(
+                               nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(),
+                                             nn.Conv2d(4, 2, 1)))
+    wrapper = build_optim_wrapper(
+        model,
+        dict(optimizer=dict(type='SGD', lr=0.1, weight_decay=1e-4),
+             paramwise_cfg=dict(custom_keys={
+                 'act_quantizer.scale': dict(lr_mult=0.01, decay_mult=0.)
+             })))
+    groups = wrapper.optimizer.param_groups
+    scale_ids = {id(m.act_quantizer.scale)
+                 for _, m in quantized_layers(model)}
+    scale_groups = [g for g in groups if id(g['params'][0]) in scale_ids]
+    assert len(scale_groups) == 2
+    assert all(g['lr'] == pytest.approx(1e-3) and g['weight_decay'] == 0
+               for g in scale_groups)
+
+
+def test_adaround_converges_to_hard_rounding():
+    torch.manual_seed(0)
+    weight = torch.randn(4, 3, 3, 3)
+    wq = WeightQuantizer(bits=4)
+    ada = AdaRoundQuantizer(wq, weight)
+    # at the start the soft weight is the weight (but for the grid's ends)
+    soft_err = (ada(weight) - weight).abs().mean()
+    assert soft_err < 0.25 * (wq(weight) - weight).abs().mean()
+    opt = torch.optim.Adam([ada.alpha], lr=0.05)
+    start = float(ada.regularizer(2.))
+    for _ in range(300):
+        opt.zero_grad()
+        ada.regularizer(2.).backward()
+        opt.step()
+    assert float(ada.regularizer(2.)) < 0.01 * start
+    h = ada.soft_offset()
+    assert ((h < 1e-3) | (h > 1 - 1e-3)).float().mean() > 0.99
+    soft = ada(weight).detach()
+    ada.hard = True
+    assert torch.allclose(ada(weight), soft, atol=1e-3 * float(ada.scale.max()))
+
+
+class ShiftedConvNet(nn.Module):
+
+    def __init__(self, bias=True):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1, bias=bias)
+        self.bn = nn.BatchNorm2d(6) if not bias else nn.Identity()
+        self.head = nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.bn(self.conv(x))))
+
+
+def _quantize(model, bits=8, batches=()):
+    q = ModelQuantizer(w_bits=bits, a_bits=bits).quantize(model).eval()
+    calibrate_activations(q)
+    with torch.no_grad():
+        for x in batches:
+            q(x)
+            step_activation_observers(q)
+    freeze_activations(q)
+    return q
+
+
+def _channel_means(module, model, x):
+    out = []
+    h = module.register_forward_hook(
+        lambda m, a, o: out.append(o.mean((0, 2, 3))))
+    with torch.no_grad(), observation_disabled(model):
+        model(x)
+    h.remove()
+    return out[0]
+
+
+@pytest.mark.parametrize('bias', [True, False])
+def test_bias_correction_removes_a_mean_shift(bias):
+    torch.manual_seed(0)
+    fp = ShiftedConvNet(bias).eval()
+    # inputs with a non-zero mean, so a weight error shifts output means
+    batches = [torch.randn(16, 3, 8, 8) + 1 for _ in range(3)]
+    q = _quantize(copy.deepcopy(fp), 8, batches)
+    with torch.no_grad():  # a synthetic per-channel weight error
+        q.conv.weight.add_(torch.linspace(-1, 1, 6).reshape(-1, 1, 1, 1) /
+                           20)
+    x = torch.randn(64, 3, 8, 8) + 1
+    target = q.bn if not bias else q.conv
+    fp_target = fp.bn if not bias else fp.conv
+    gap = lambda: (_channel_means(target, q, x) -  # noqa: E731
+                   _channel_means(fp_target, fp, x)).abs().max()
+    assert gap() > 0.3
+    shifts = correct_bias(fp, q, lambda m, b: m(b), batches)
+    assert 'conv' in shifts
+    assert gap() < 0.05
+    # nothing was added to the model: same keys as before
+    assert set(q.state_dict()) == set(
+        _quantize(copy.deepcopy(fp), 8, batches).state_dict())
+
+
+class TinyResNet(nn.Module):
+    """Stem, two residual blocks (one with a downsample), classifier."""
+
+    def __init__(self):
+        super().__init__()
+        from mmpretrain.models.backbones.resnet import BasicBlock
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1),
+                                  nn.BatchNorm2d(8), nn.ReLU())
+        self.block1 = BasicBlock(8, 8)
+        self.block2 = BasicBlock(
+            8, 16, stride=2,
+            downsample=nn.Sequential(nn.Conv2d(8, 16, 1, 2, bias=False),
+                                     nn.BatchNorm2d(16)))
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = self.block2(self.block1(self.stem(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def _trained_tiny_resnet():
+    torch.manual_seed(0)
+    model = TinyResNet()
+    model.train()
+    with torch.no_grad():
+        for _ in range(5):
+            model(torch.randn(32, 3, 12, 12))
+    return model.eval()
+
+
+def test_reconstruction_units_are_blocks_and_loose_layers():
+    q = ModelQuantizer().quantize(_trained_tiny_resnet())
+    assert reconstruction_units(q) == ['stem.0', 'block1', 'block2', 'fc']
+
+
+def test_reconstruction_lowers_block_error_and_exports_exactly(tmp_path):
+    fp = _trained_tiny_resnet()
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randn(32, 3, 12, 12, generator=gen) for _ in range(4)]
+    q = _quantize(copy.deepcopy(fp), 3, batches)
+    x = torch.randn(64, 3, 12, 12, generator=gen)
+    with torch.no_grad(), observation_disabled(q):
+        err_before = float((q(x) - fp(x)).pow(2).mean())
+    keys = set(q.state_dict())
+    results = BlockReconstruction(iters=150, batch_size=16)(
+        fp, q, lambda m, b: m(b), batches)
+    assert [r['name'] for r in results] == ['stem.0', 'block1', 'block2',
+                                           'fc']
+    for r in results:
+        assert r['error_after'] < r['error_before'], r
+    with torch.no_grad(), observation_disabled(q):
+        reference = q(x)
+        assert float((reference - fp(x)).pow(2).mean()) < err_before
+    # the model keeps its structure: loads into a plainly quantized copy
+    assert set(q.state_dict()) == keys
+    fresh = _quantize(copy.deepcopy(fp), 3, batches[:1])
+    fresh.load_state_dict(q.state_dict())
+    with torch.no_grad(), observation_disabled(fresh):
+        assert torch.equal(fresh(x), reference)
+    # rounded weights lie exactly on their fixed grid, and export keeps them
+    for name, layer in quantized_layers(q):
+        assert layer.weight_quantizer.fixed_scale.numel()
+        levels, scale, zp, _ = integer_weight(layer, name)
+        shape = (-1, ) + (1, ) * (layer.weight.dim() - 1)
+        assert torch.equal((levels - zp.reshape(shape)) * scale.reshape(shape),
+                           layer.weight_quantizer(layer.weight))
+    export_net, _ = build_export_network(q, x)
+    with torch.no_grad():
+        assert torch.allclose(export_net(x), reference, atol=1e-5)
+    out = str(tmp_path / 'recon.onnx')
+    export_network(q, out, (3, 12, 12))
+    session = onnxruntime_session(out, optimize=False, quantize_bias=False)
+    diff = compare_outputs([reference], run_onnxruntime(session, x))
+    assert diff['max_abs_diff'] <= 1e-4 * diff['output_range'] + 1e-5, diff
+
+
+def test_qdrop_keeps_some_activations_in_float():
+    q = ActivationQuantizer(bits=2)
+    x = torch.linspace(-1, 1, 10000)
+    q(x)
+    q.freeze()
+    quantized = q(x)
+    q.drop_prob = 0.5
+    mixed = q(x)
+    kept = (mixed == x) & (quantized != x)
+    assert 0.4 < kept.float().mean() < 0.6
+    q.drop_prob = 0.
+    assert torch.equal(q(x), quantized)
+
+
+def test_minmax_helper_unchanged():
+    x = torch.tensor([[1., -2.], [3., 4.]])
+    lo, hi = minmax(x, 0)
+    assert lo.tolist() == [-2., 3.] and hi.tolist() == [1., 4.]
+    assert isinstance(MSEObserver(), nn.Module)
+
+
+def test_post_training_hook_end_to_end(tiny_fp_checkpoint, tmp_path):
+    """Genie-style on the tiny digits model: the saved checkpoint is the
+    reconstructed model, and the benchmark's qdrop-real runs on real
+    images."""
+    from conftest import DDAQ_CONFIG, tiny_ddaq_options
+    from mmddaq.apis import load_config, test_checkpoint, train_and_test
+    from mmddaq.apis.baselines import derive_method
+    opts = tiny_ddaq_options(tiny_fp_checkpoint, max_iters=3, warmup=1,
+                             calib=2)
+    cfg = load_config(DDAQ_CONFIG, opts)
+    cfg.custom_hooks = cfg.custom_hooks + [
+        dict(type='mmddaq.PostTrainingHook', num_samples=16, batch_size=8,
+             observers=dict(weight=dict(type='mmddaq.MSEObserver'),
+                            act=dict(type='mmddaq.MSEObserver')),
+             bias_correction=True,
+             reconstruction=dict(type='mmddaq.BlockReconstruction', iters=4,
+                                 batch_size=4))
+    ]
+    metrics = train_and_test(cfg, str(tmp_path / 'run'), 'run')
+    with open(tmp_path / 'run' / 'last_checkpoint') as f:
+        ckpt = f.read().strip()
+    again = test_checkpoint(load_config(DDAQ_CONFIG, opts), ckpt,
+                            str(tmp_path / 'test'), 'test')
+    assert again['accuracy/top1'] == metrics['accuracy/top1']
+    state = __import__('torch').load(ckpt, weights_only=False)['state_dict']
+    assert any(k.endswith('weight_quantizer.fixed_scale') and v.numel()
+               for k, v in state.items())
+    for method in ('ptq-mse', 'genie', 'qdrop-real', 'ddaq-kd'):
+        derived = derive_method(cfg, method)
+        kinds = [h['type'].split('.')[-1] for h in derived.custom_hooks]
+        assert ('PostTrainingHook' in kinds) == (method != 'ddaq-kd'), method
+    real = derive_method(cfg, 'qdrop-real')
+    hook = real.custom_hooks[-1]
+    hook.update(num_samples=8, batch_size=8,
+                reconstruction=dict(type='mmddaq.BlockReconstruction',
+                                    iters=2, batch_size=4))
+    real.train_cfg.update(max_iters=2, warmup_iters=2, val_interval=2)
+    real.custom_hooks[0]['calib_iters'] = 2
+    assert 0 <= train_and_test(real, str(tmp_path / 'real'),
+                               'real')['accuracy/top1'] <= 100
