@@ -55,7 +55,7 @@ post_training = dict(
     num_samples=256,
     observers=dict(weight=dict(type='mmddaq.MSEObserver'),
                    act=dict(type='mmddaq.MSEObserver')),
-    reconstruction=dict(type='mmddaq.BlockReconstruction', iters=500))
+    reconstruction=dict(type='mmddaq.BlockReconstruction', iters=200))
 custom_hooks = [
     dict(type='mmddaq.LayerImportanceHook',
          method=dict(type='HessianImportance')),

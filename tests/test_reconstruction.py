@@ -329,6 +329,7 @@ def test_post_training_hook_end_to_end(tiny_fp_checkpoint, tmp_path):
     again = test_checkpoint(load_config(DDAQ_CONFIG, opts), ckpt,
                             str(tmp_path / 'test'), 'test')
     assert again['accuracy/top1'] == metrics['accuracy/top1']
+    assert list((tmp_path / 'run').rglob('reconstruction_error.png'))
     state = __import__('torch').load(ckpt, weights_only=False)['state_dict']
     assert any(k.endswith('weight_quantizer.fixed_scale') and v.numel()
                for k, v in state.items())
@@ -345,3 +346,29 @@ def test_post_training_hook_end_to_end(tiny_fp_checkpoint, tmp_path):
     real.custom_hooks[0]['calib_iters'] = 2
     assert 0 <= train_and_test(real, str(tmp_path / 'real'),
                                'real')['accuracy/top1'] <= 100
+
+
+def test_a_unit_made_worse_is_put_back(monkeypatch):
+    fp = _trained_tiny_resnet()
+    gen = torch.Generator().manual_seed(2)
+    batches = [torch.randn(16, 3, 12, 12, generator=gen) for _ in range(2)]
+    q = _quantize(copy.deepcopy(fp), 4, batches)
+    before = {k: v.clone() for k, v in q.state_dict().items()}
+
+    def round_everything_down(self, unit, records, groups, rounders):
+        with torch.no_grad():
+            for _, ada in rounders:
+                ada.alpha.fill_(-20.)  # floor: worse than nearest
+            for group in groups[1:]:
+                for step in group['params']:
+                    step.mul_(3.)  # far too coarse activation steps
+
+    monkeypatch.setattr(BlockReconstruction, '_optimise',
+                        round_everything_down)
+    results = BlockReconstruction(iters=1)(fp, q, lambda m, b: m(b),
+                                           batches)
+    assert not any(r['kept'] for r in results)
+    after = q.state_dict()
+    assert set(after) == set(before)
+    for k, v in before.items():
+        assert torch.equal(after[k], v), k

@@ -5,4 +5,5 @@ custom_hooks = [
          method=dict(type='UniformImportance')),
     dict(type='mmddaq.ActivationCalibrationHook', calib_iters=50),
     dict(type='mmddaq.GeneratedSamplesHook', interval=200, num_samples=40),
+    {{_base_.post_training}},
 ]

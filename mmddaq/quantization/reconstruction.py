@@ -135,7 +135,9 @@ class BlockReconstruction:
     output error, with QDrop's random dropping of activation quantization.
     Afterwards the rounding is hard and baked into the weights, and the
     learned steps into the activation ranges: the model keeps its
-    structure, saves, loads and exports as before.
+    structure, saves, loads and exports as before. A unit whose output
+    error on the pool ends higher than with nearest rounding is put back
+    as it was (``kept=False`` in the results).
 
     Args:
         iters (int): Optimisation steps per unit. Defaults to 500.
@@ -216,6 +218,7 @@ class BlockReconstruction:
                     f'Reconstruction block {i + 1}/{len(units)} {name}: '
                     f'output error {result["error_before"]:.4g} -> '
                     f'{result["error_after"]:.4g} '
+                    f'{"" if result["kept"] else "(reverted) "}'
                     f'({result["seconds"]:.1f} s, '
                     f'{time.perf_counter() - start:.0f} s total)',
                     logger='current')
@@ -252,6 +255,8 @@ class BlockReconstruction:
                                lr=self.round_lr))
         if steps:
             groups.append(dict(params=steps, lr=self.act_lr))
+        ranges = [(q.observer.min_val.clone(), q.observer.max_val.clone())
+                  for q in learned_here]
         try:
             if groups:
                 for q in acts:
@@ -264,10 +269,21 @@ class BlockReconstruction:
                 ada.hard = True
             for q in learned_here:
                 q.bake_learned_step()
-        self._bake_rounding(rounders, originals, layers)
         error_after = _output_error(q_unit, records)
+        kept = error_after <= error_before
+        if kept:
+            self._bake_rounding(rounders, originals, layers)
+        else:  # never leave a unit worse than nearest rounding
+            for m, quantizer in zip(layers, originals):
+                m.weight_quantizer = quantizer
+            with torch.no_grad():
+                for q, (lo, hi) in zip(learned_here, ranges):
+                    q.observer.min_val.copy_(lo)
+                    q.observer.max_val.copy_(hi)
+                    q._host.pop('qparams', None)
+            error_after = error_before
         return dict(name=name, error_before=error_before,
-                    error_after=error_after,
+                    error_after=error_after, kept=kept,
                     seconds=time.perf_counter() - tic)
 
     def _optimise(self, unit, records, groups, rounders) -> None:

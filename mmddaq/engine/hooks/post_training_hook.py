@@ -1,7 +1,9 @@
 """Post-training quantization steps on a pool of samples, after training."""
-from typing import Optional
+import os.path as osp
+from typing import List, Optional
 
 import torch
+from mmengine.dist import is_main_process as _is_main
 from mmengine.hooks import Hook
 
 from mmddaq.quantization import (activation_quantizers,
@@ -100,6 +102,10 @@ class PostTrainingHook(Hook):
             logger.info(f'Reconstructed {len(results)} blocks: summed '
                         f'output error {before:.4g} -> {after:.4g}')
             runner.message_hub.update_info('reconstruction', results)
+            if _is_main():
+                path = osp.join(runner.log_dir, 'reconstruction_error.png')
+                plot_reconstruction(results, path)
+                logger.info(f'Per-block output error before/after: {path}')
         self._save(runner)
 
     @staticmethod
@@ -111,6 +117,28 @@ class PostTrainingHook(Hook):
                     runner, runner.iter,
                     meta=dict(epoch=runner.epoch, iter=runner.iter))
                 return
+
+
+def plot_reconstruction(results: List[dict], path: str) -> None:
+    """Bar chart of each block's output error before and after."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    names = [r['name'] for r in results]
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names)), 4))
+    xs = range(len(names))
+    ax.bar([x - 0.2 for x in xs], [r['error_before'] for r in results], 0.4,
+           label='before (nearest rounding)')
+    ax.bar([x + 0.2 for x in xs], [r['error_after'] for r in results], 0.4,
+           label='after reconstruction')
+    ax.set_yscale('log')
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(names, rotation=70, ha='right', fontsize=7)
+    ax.set_ylabel('block output error (sum of squares / sample)')
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 @torch.no_grad()
