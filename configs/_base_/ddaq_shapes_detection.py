@@ -47,9 +47,22 @@ default_hooks = dict(
     random_state=dict(type='mmddaq.RandomStateHook'),
     # missing validation images fail before training, not at validation
     eval_data=dict(type='mmddaq.EvalDataCheckHook'))
+# After training: 128 generator samples, MSE ranges, block reconstruction
+# (the recipe chosen on the digits tune split; fewer steps per block on a
+# detector's ~40 units to stay within CPU minutes).
+post_training = dict(
+    type='mmddaq.PostTrainingHook',
+    samples=dict(type='mmddaq.AlgorithmSamples'),
+    num_samples=128,
+    batch_size=8,
+    observers=dict(weight=dict(type='mmddaq.MSEObserver'),
+                   act=dict(type='mmddaq.MSEObserver')),
+    reconstruction=dict(
+        type='mmddaq.BlockReconstruction', iters=100, batch_size=8))
 custom_hooks = [
     dict(type='mmddaq.LayerImportanceHook',
          method=dict(type='HessianImportance', batch_size=4)),
     dict(type='mmddaq.ActivationCalibrationHook', calib_iters=50),
     dict(type='mmddaq.GeneratedSamplesHook', interval=200, num_samples=16),
+    post_training,
 ]

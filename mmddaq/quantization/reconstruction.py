@@ -161,7 +161,7 @@ class BlockReconstruction:
                  batch_size: int = 32,
                  block_types: Sequence[str] = DEFAULT_BLOCK_TYPES,
                  adaround: bool = True,
-                 round_lr: float = 1e-3,
+                 round_lr: float = 1e-2,
                  round_weight: float = 0.01,
                  warmup: float = 0.2,
                  beta: Tuple[float, float] = (20., 2.),
