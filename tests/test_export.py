@@ -267,9 +267,16 @@ def test_export_tiny_retinanet_w8a8(tmp_path):
     x = torch.randn(2, 3, SIZE, SIZE)
     with torch.no_grad(), observation_disabled(network):
         reference = network(x)
-    outputs = run_onnxruntime(onnxruntime_session(out), x)
+    # the graph itself is the fake-quantized network
+    outputs = run_onnxruntime(
+        onnxruntime_session(out, quantize_bias=False), x)
     assert [tuple(r.shape) for r in reference] == [o.shape for o in outputs]
     assert_close(reference, outputs)
+    # onnxruntime's default bias-to-int32 pass moves the outputs somewhat
+    # (by how much depends on the onnxruntime version); it still runs
+    default = compare_outputs(reference,
+                              run_onnxruntime(onnxruntime_session(out), x))
+    assert default['max_abs_diff_over_range'] < 0.15, default
 
 
 def test_export_tiny_faster_rcnn_first_stage(tmp_path):
@@ -292,7 +299,11 @@ def test_export_tiny_faster_rcnn_first_stage(tmp_path):
     x = torch.randn(2, 3, SIZE, SIZE)
     with torch.no_grad(), observation_disabled(network):
         reference = network(x)
-    assert_close(reference, run_onnxruntime(onnxruntime_session(out), x))
+    assert_close(reference, run_onnxruntime(
+        onnxruntime_session(out, quantize_bias=False), x))
+    default = compare_outputs(reference,
+                              run_onnxruntime(onnxruntime_session(out), x))
+    assert default['max_abs_diff_over_range'] < 0.15, default
 
 
 # ------------------------------------------------------------------ CLI
