@@ -39,16 +39,21 @@ optim_wrapper = dict(
             type='SGD', lr=1e-4, momentum=0.9, nesterov=True,
             weight_decay=1e-4)))
 
+# The generator alone is trained (D1 + D2 against the min-max quantized
+# model, importance-weighted); the quantized model is then refined by block
+# reconstruction on its samples (post_training below) instead of KD: on the
+# digits tune split this scored 98.89 against 98.52 for KD fine-tuning
+# (configs/baselines/ddaq-kd_*, the paper's recipe) and 97.78 for KD followed
+# by reconstruction (docs/benchmarks.md).
 train_cfg = dict(
     type='mmddaq.DataFreeTrainLoop',
     max_iters=400,
     batch_size=64,
-    warmup_iters=50,
+    warmup_iters=400,
     val_interval=200)
 
 # After training: 256 generator samples, MSE ranges, block reconstruction
-# (AdaRound + LSQ + QDrop). Chosen on the digits tune split
-# (docs/benchmarks.md, "How the defaults were chosen").
+# (AdaRound + LSQ + QDrop).
 post_training = dict(
     type='mmddaq.PostTrainingHook',
     samples=dict(type='mmddaq.AlgorithmSamples'),

@@ -22,11 +22,14 @@ generator = dict(
 loss_weights = dict(ce=0., bns=1.0, dis=1.0, kd=1.0, q_dis=1.0)
 
 train_dataloader = None  # data-free: the generator makes every batch
+# The generator alone is trained (D1 + D2, importance-weighted); block
+# reconstruction on its samples then refines the quantized model (the digits
+# tune split's choice; configs derived with `ddaq-kd` fine-tune with KD).
 train_cfg = dict(
     type='mmddaq.DataFreeTrainLoop',
     max_iters=400,
     batch_size=8,
-    warmup_iters=50,
+    warmup_iters=400,
     val_interval=200)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')

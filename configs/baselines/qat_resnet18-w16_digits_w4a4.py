@@ -5,6 +5,7 @@ model = dict(
     sample_source='gaussian',
     generator=None,
     loss_weights=dict(ce=0., bns=0., dis=0., q_dis=0.))
+train_cfg = dict(warmup_iters=50)
 train_dataloader = dict(
     _delete_=True,
     batch_size=64,

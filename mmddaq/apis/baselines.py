@@ -87,6 +87,14 @@ def _calib_iters_of(cfg: Config) -> int:
     return 50
 
 
+def _kd_schedule(cfg: Config) -> None:
+    """Fine-tune the quantized model with KD after the calibration window
+    (a config that trains the generator alone says warmup = max_iters)."""
+    tc = cfg.train_cfg
+    if tc.get('warmup_iters', 0) >= tc.max_iters:
+        tc.warmup_iters = min(_calib_iters_of(cfg), tc.max_iters)
+
+
 def _replace_hooks(cfg: Config, drop: tuple, add: List[dict]) -> None:
     hooks = [h for h in cfg.get('custom_hooks', []) or []
              if _hook_type(h) not in drop]
@@ -165,12 +173,15 @@ def derive_method(cfg: Config,
             cfg, dict(type='mmddaq.AlgorithmSamples')) \
             if method == 'genie' else None
         _replace_hooks(cfg, ('LayerImportanceHook', POST_TRAINING), [])
-        if post is not None:
+        if post is None:
+            _kd_schedule(cfg)
+        else:
             # the generator alone is trained; reconstruction refines
             cfg.train_cfg.warmup_iters = cfg.train_cfg.max_iters
             cfg.custom_hooks = cfg.custom_hooks + [post]
     elif method == 'ddaq-kd':
         _replace_hooks(cfg, (POST_TRAINING, ), [])
+        _kd_schedule(cfg)
     elif method == 'ddaq-no-d1':
         weights.update(bns=0.)
     elif method == 'ddaq-no-d2':
