@@ -137,6 +137,7 @@ class WeightQuantizer(nn.Module):
         Args:
             weight (Tensor): The weight this quantizer will serve.
         """
+        self._cache = None  # the grid may change: no stale weights
         if self.observer_cfg and self.enabled:
             ch_axis = 0 if self.per_channel else None
             observer = build_observer(self.observer_cfg)

@@ -13,7 +13,6 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from mmengine.logging import print_log
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmddaq.registry import MODELS
 from mmddaq.utils.nested import flatten_tensors
@@ -396,31 +395,21 @@ def correct_bias(fp_model: nn.Module, q_model: nn.Module, forward: Forward,
 
 def _bn_after_each_layer(model: nn.Module, run, layer_names) -> Dict[str,
                                                                      str]:
-    """Layer name -> the BN that normalises its output (run right after)."""
-    wanted = set(layer_names)
-    order = []
-    handles = []
-    for name, m in model.named_modules():
-        if name in wanted or isinstance(m, _BatchNorm):
-            kind = 'layer' if name in wanted else 'bn'
-            handles.append(m.register_forward_pre_hook(
-                lambda mod, inp, name=name, kind=kind: order.append(
-                    (kind, name))))
-    try:
-        with torch.no_grad():
-            run()
-    finally:
-        for h in handles:
-            h.remove()
+    """Layer name -> the BN that normalises its output (same width, the
+    only BN that follows it)."""
+    from mmddaq.importance import layer_of_each_bn
+    by_layer: Dict[str, List[str]] = {}
+    for bn, layer in layer_of_each_bn(model, run, layer_names).items():
+        by_layer.setdefault(layer, []).append(bn)
     mapping = {}
-    for (k1, n1), (k2, n2) in zip(order, order[1:]):
-        if k1 == 'layer' and k2 == 'bn' and n1 not in mapping:
-            layer = model.get_submodule(n1)
-            bn = model.get_submodule(n2)
-            out_ch = getattr(layer, 'out_channels',
-                             getattr(layer, 'out_features', None))
-            if bn.running_mean is not None and bn.num_features == out_ch:
-                mapping[n1] = n2
+    for layer, bns in by_layer.items():
+        module = model.get_submodule(layer)
+        bn = model.get_submodule(bns[0])
+        width = getattr(module, 'out_channels',
+                        getattr(module, 'out_features', None))
+        if len(bns) == 1 and bn.running_mean is not None and \
+                bn.num_features == width:
+            mapping[layer] = bns[0]
     return mapping
 
 
