@@ -69,6 +69,20 @@ def reconstruction_units(model: nn.Module,
     return units
 
 
+def _run_both(fp_model, q_model, forward: Forward, batches,
+              handles) -> None:
+    """Run both models on every batch (no autograd, ranges untouched), then
+    remove the hooks ``handles``."""
+    try:
+        with torch.no_grad(), observation_disabled(q_model):
+            for x in batches:
+                forward(fp_model, x)
+                forward(q_model, x)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def _capture(fp_model, q_model, fp_unit, q_unit, forward: Forward,
              batches) -> List[Tuple[torch.Tensor, List[torch.Tensor]]]:
     """(quantized-model input, FP output) of every call of a unit."""
@@ -87,16 +101,10 @@ def _capture(fp_model, q_model, fp_unit, q_unit, forward: Forward,
     def grab_output(module, args, output):
         fp_outputs.append([t.detach() for t in flatten_tensors(output)])
 
-    handles = [q_unit.register_forward_pre_hook(grab_input),
-               fp_unit.register_forward_hook(grab_output)]
-    try:
-        with torch.no_grad(), observation_disabled(q_model):
-            for x in batches:
-                forward(fp_model, x)
-                forward(q_model, x)
-    finally:
-        for h in handles:
-            h.remove()
+    _run_both(fp_model, q_model, forward, batches, [
+        q_unit.register_forward_pre_hook(grab_input),
+        fp_unit.register_forward_hook(grab_output)
+    ])
     if len(q_inputs) != len(fp_outputs):
         raise RuntimeError('the FP and the quantized model called a unit a '
                            f'different number of times ({len(fp_outputs)} '
@@ -367,16 +375,10 @@ def correct_bias(fp_model: nn.Module, q_model: nn.Module, forward: Forward,
 
             return hook
 
-        handles = [q_layer.register_forward_hook(make_hook('q')),
-                   fp_layer.register_forward_hook(make_hook('fp'))]
-        try:
-            with observation_disabled(q_model):
-                for x in batches:
-                    forward(fp_model, x)
-                    forward(q_model, x)
-        finally:
-            for h in handles:
-                h.remove()
+        _run_both(fp_model, q_model, forward, batches, [
+            q_layer.register_forward_hook(make_hook('q')),
+            fp_layer.register_forward_hook(make_hook('fp'))
+        ])
         if 'q' not in sums:
             continue
         mean = {k: sum(s for s, _ in v) / sum(n for _, n in v)
