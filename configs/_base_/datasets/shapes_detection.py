@@ -67,17 +67,12 @@ val_evaluator = dict(
     backend_args=backend_args)
 test_evaluator = val_evaluator
 
-# Real training images for the `qdrop-real` upper bound (not data-free).
+# Real training images for the `qdrop-real` upper bound (not data-free):
+# the val loader's settings on the train split.
 real_calib_dataloader = dict(
-    batch_size=8,
-    num_workers=0,
+    val_dataloader,
     sampler=dict(type='DefaultSampler', shuffle=True),
     dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        metainfo=metainfo,
+        val_dataloader['dataset'],
         ann_file='annotations/instances_train.json',
-        data_prefix=dict(img='train/'),
-        test_mode=True,
-        pipeline=test_pipeline,
-        backend_args=backend_args))
+        data_prefix=dict(img='train/')))
