@@ -149,6 +149,10 @@ def parse_args(argv=None):
     p.add_argument('--tag', default='',
                    help='suffix of the method name in the rows (recipe '
                    'variants)')
+    p.add_argument('--heads-a8', action='store_true',
+                   help='keep the detection heads\' activations at 8 bits '
+                   '(rows tagged "-heads-a8"): shows what quantizing the '
+                   'heads costs')
     p.add_argument('--repeats', type=int, default=10,
                    help='timed repeats per measurement of the speed suite')
     p.add_argument('--device', default='cpu',
@@ -270,6 +274,21 @@ def run_speed(args):
     return rows
 
 
+def heads_at_a8(cfg) -> None:
+    """Add a policy rule keeping the detector heads' activations at 8 bits
+    (weights keep their bits)."""
+    from mmddaq.registry import MODELS
+    adapter = cfg.model.get('adapter') or {}
+    cls = MODELS.get(adapter.get('type', ''))
+    heads = tuple(getattr(cls, 'head_taps', ()))
+    if not heads:
+        raise SystemExit('--heads-a8 needs a detector config (its adapter '
+                         'names the heads)')
+    quantizer = cfg.model.quantizer
+    quantizer['overrides'] = list(quantizer.get('overrides', [])) + [
+        dict(pattern=f'{h}.*', a_bits=8) for h in heads]
+
+
 def _done(rows, suite, method, bits, seed, split='test'):
     return any(r['suite'] == suite and r['method'] == method
                and r['w_bits'] == bits and r['seed'] == seed
@@ -347,7 +366,8 @@ def run_suite(args):
         for bits in args.bits:
             if bits == 8 and method not in suite['methods_8bit']:
                 continue
-            label = method + args.tag
+            label = method + args.tag + ('-heads-a8' if args.heads_a8
+                                          else '')
             for seed in args.seeds:
                 if _done(rows, name, label, bits, seed, args.split):
                     continue
@@ -361,6 +381,8 @@ def run_suite(args):
                 cfg = method_config(suite, method, opts)
                 if user_opts:
                     cfg.merge_from_dict(user_opts)
+                if args.heads_a8:
+                    heads_at_a8(cfg)
                 tc = cfg.train_cfg
                 generator_only = cfg.model.get('generator') is not None \
                     and tc.warmup_iters == tc.max_iters

@@ -10,7 +10,7 @@ from .onnx_export import (check_output_path, compare_outputs,
                           load_quantized_model, normalize_input_shape,
                           onnxruntime_session, run_onnxruntime,
                           verify_export)
-from .qdq import QDQActivation, QDQConv2d, QDQLinear
+from .qdq import QDQActivation, QDQCallSites, QDQConv2d, QDQLinear
 
 __all__ = [
     'activation_qparams', 'build_export_network', 'find_conv_bn_pairs',
@@ -20,5 +20,5 @@ __all__ = [
     'export_network',
     'export_onnx', 'load_quantized_model', 'normalize_input_shape',
     'onnxruntime_session', 'run_onnxruntime', 'verify_export',
-    'QDQActivation', 'QDQConv2d', 'QDQLinear', 'pack_int4'
+    'QDQActivation', 'QDQCallSites', 'QDQConv2d', 'QDQLinear', 'pack_int4'
 ]

@@ -27,8 +27,9 @@ from mmddaq.quantization import (QuantConv2d, QuantLinear,
                                  observation_disabled)
 from mmddaq.quantization.fake_quant import quant_range
 from mmddaq.quantization.quantizers import (ActivationQuantizer,
+                                            CallSiteQuantizer,
                                             WeightQuantizer)
-from .qdq import QDQActivation, QDQConv2d, QDQLinear
+from .qdq import QDQActivation, QDQCallSites, QDQConv2d, QDQLinear
 
 _BN = nn.modules.batchnorm._BatchNorm
 
@@ -245,16 +246,21 @@ def fold_integer_weight(q, scale, zero_point, grid, k):
 
 
 def activation_qparams(quantizer: ActivationQuantizer,
-                       name: str = '') -> Optional[QDQActivation]:
+                       name: str = '') -> Optional[nn.Module]:
     """The :class:`QDQActivation` of a trained activation quantizer.
 
     Args:
-        quantizer (ActivationQuantizer): The quantizer.
+        quantizer (ActivationQuantizer | CallSiteQuantizer): The quantizer.
         name (str): Its layer's name, for error messages.
 
     Returns:
-        QDQActivation | None: None for a pass-through (16-bit) quantizer.
+        QDQActivation | QDQCallSites | None: None for a pass-through
+        (16-bit) quantizer; one QDQ per call for a per-call-site quantizer.
     """
+    if isinstance(quantizer, CallSiteQuantizer):
+        sites = [activation_qparams(s, f'{name}@call {k}')
+                 for k, s in enumerate(quantizer.sites)]
+        return None if sites[0] is None else QDQCallSites(sites)
     if not quantizer.enabled:
         return None
     if not quantizer.calibrated:

@@ -106,6 +106,30 @@ class QDQActivation(nn.Module):
                 f'grid=({self.qmin}, {self.qmax})')
 
 
+class QDQCallSites(nn.Module):
+    """One :class:`QDQActivation` per call of a layer run several times per
+    forward, used in turn (its own Q/DQ pair per call in the exported
+    graph). The owning head resets the turn at each forward.
+
+    Args:
+        sites (Sequence[QDQActivation]): The ranges, in call order.
+    """
+
+    def __init__(self, sites) -> None:
+        super().__init__()
+        self.sites = nn.ModuleList(sites)
+        self.next_site = 0
+
+    def reset_calls(self) -> None:
+        """The next call is the first of a forward."""
+        self.next_site = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        site = self.next_site % len(self.sites)
+        self.next_site = site + 1
+        return self.sites[site](x)
+
+
 class _QDQWeightMixin:
     """Integer weight + per-channel scale, or a float weight."""
 
@@ -113,7 +137,7 @@ class _QDQWeightMixin:
                      qweight: Optional[torch.Tensor],
                      scale: Optional[torch.Tensor],
                      zero_point: Optional[torch.Tensor],
-                     act: Optional[QDQActivation]) -> None:
+                     act: Optional[nn.Module]) -> None:
         self.act = act
         if qweight is None:
             self.register_buffer('weight', weight.detach().clone())

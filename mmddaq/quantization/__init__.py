@@ -5,7 +5,8 @@ from .bit_allocation import (DEFAULT_CANDIDATES, GreedyBitAllocator,
 from .fake_quant import (SUPPORTED_BITS, calc_qparams, check_bits,
                          fake_quantize, round_ste)
 from .model_quantizer import (ModelQuantizer, activation_quantizers,
-                              calibrate_activations, freeze_activations,
+                              calibrate_activations, dense_head_levels,
+                              freeze_activations,
                               observation_disabled,
                               step_activation_observers,
                               quantizable_layers, quantized_layers)
@@ -13,16 +14,19 @@ from .modules import QuantConv2d, QuantLinear
 from .adaround import AdaRoundQuantizer
 from .observers import EMAMinMaxObserver, MSEObserver, PercentileObserver
 from .reconstruction import BlockReconstruction, correct_bias
-from .quantizers import ActivationQuantizer, WeightQuantizer
+from .quantizers import (ActivationQuantizer, CallSiteQuantizer,
+                         WeightQuantizer)
 
 __all__ = [
     'SUPPORTED_BITS', 'calc_qparams', 'check_bits', 'fake_quantize',
     'round_ste', 'ModelQuantizer', 'activation_quantizers',
     'calibrate_activations', 'freeze_activations', 'observation_disabled',
     'step_activation_observers', 'quantizable_layers',
-    'quantized_layers', 'QuantConv2d', 'QuantLinear', 'EMAMinMaxObserver', 'MSEObserver', 'PercentileObserver',
-    'AdaRoundQuantizer', 'BlockReconstruction', 'correct_bias',
-    'ActivationQuantizer', 'WeightQuantizer', 'DEFAULT_CANDIDATES',
+    'quantized_layers', 'QuantConv2d', 'QuantLinear', 'EMAMinMaxObserver',
+    'MSEObserver', 'PercentileObserver', 'AdaRoundQuantizer',
+    'BlockReconstruction', 'correct_bias', 'dense_head_levels',
+    'ActivationQuantizer', 'CallSiteQuantizer', 'WeightQuantizer',
+    'DEFAULT_CANDIDATES',
     'GreedyBitAllocator', 'LayerCost', 'average_bits',
     'costs_from_sensitivity', 'pinned_layers', 'weight_quant_error',
     'weight_size_bits'

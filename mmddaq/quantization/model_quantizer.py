@@ -2,7 +2,7 @@
 import contextlib
 import copy
 import fnmatch
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from torch import nn
 
@@ -73,6 +73,36 @@ def observation_disabled(model: nn.Module):
             q.observing = state
 
 
+def dense_head_levels(model: nn.Module) -> Dict[str, int]:
+    """Dense heads of ``model`` that run their layers once per FPN level.
+
+    An mmdet dense head (RetinaNet's, the RPN) has a prior generator; each
+    of its layers is called ``prior_generator.num_levels`` times per
+    forward.
+
+    Returns:
+        dict[str, int]: ``{head module name: number of levels}`` for heads
+        with more than one level.
+    """
+    heads: Dict[str, int] = {}
+    for name, module in model.named_modules():
+        gen = getattr(module, 'prior_generator', None)
+        levels = getattr(gen, 'num_levels', None)
+        if name and isinstance(levels, int) and levels > 1 and \
+                not any(name.startswith(h + '.') for h in heads):
+            heads[name] = levels
+    return heads
+
+
+def reset_call_sites(module: nn.Module, args=None) -> None:
+    """Forward pre-hook: the next call of every per-call-site quantizer
+    below ``module`` is its first site."""
+    for m in module.modules():
+        reset = getattr(m, 'reset_calls', None)
+        if reset is not None:
+            reset()
+
+
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, attr = name.rpartition('.')
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -113,6 +143,12 @@ class ModelQuantizer:
         layer_bits (dict, optional): Exact per-layer bit-widths: a
             ``(w_bits, a_bits)`` pair or an int (weight bits only).
         skip (Sequence[str]): Patterns of layers left in floating point.
+        call_sites (str | dict, optional): One activation range per call
+            for layers that run several times per forward
+            (:class:`~mmddaq.quantization.quantizers.CallSiteQuantizer`):
+            ``'dense_heads'`` for every layer of an mmdet dense head (one
+            range per FPN level), or ``{module name: calls per forward}``.
+            ``None`` (default): one shared range per layer.
     """
 
     def __init__(self,
@@ -124,7 +160,15 @@ class ModelQuantizer:
                  first_last_layers: Optional[Sequence[str]] = None,
                  overrides: Sequence[dict] = (),
                  layer_bits: Optional[Dict[str, Sequence[int]]] = None,
-                 skip: Sequence[str] = ()) -> None:
+                 skip: Sequence[str] = (),
+                 call_sites: Union[str, Dict[str, int], None] = None
+                 ) -> None:
+        if call_sites is not None and call_sites != 'dense_heads' and \
+                not isinstance(call_sites, dict):
+            raise ValueError('call_sites must be None, "dense_heads" or a '
+                             f'{{module name: calls}} dict, got '
+                             f'{call_sites!r}')
+        self.call_sites = call_sites
         self.w_bits = check_bits(w_bits, 'weight bit-width')
         self.a_bits = check_bits(a_bits, 'activation bit-width')
         self.weight_quantizer = dict(weight_quantizer or {})
@@ -234,16 +278,43 @@ class ModelQuantizer:
         plan = self.plan(model)
         if not inplace:
             model = copy.deepcopy(model)
+        owners = self._call_site_owners(model)
         for name, module in quantizable_layers(model):
             if name not in plan:
                 continue
             w_bits, a_bits = plan[name]
             wrapper_cls = QUANT_MODULE_MAP[next(
                 t for t in QUANT_MODULE_MAP if isinstance(module, t))]
+            act_cfg = dict(self.act_quantizer, bits=a_bits)
+            owner = next((o for o in owners if name.startswith(o + '.')),
+                         None)
+            if owner is not None:
+                act_cfg.update(type='mmddaq.CallSiteQuantizer',
+                               num_sites=owners[owner])
             wrapper = wrapper_cls(
                 module,
                 weight_quantizer=dict(self.weight_quantizer, bits=w_bits),
-                act_quantizer=dict(self.act_quantizer, bits=a_bits))
+                act_quantizer=act_cfg)
             wrapper.act_quantizer.layer_name = name
             _set_module(model, name, wrapper)
+        for owner in owners:
+            head = model.get_submodule(owner)
+            if reset_call_sites not in head._forward_pre_hooks.values():
+                head.register_forward_pre_hook(reset_call_sites)
         return model
+
+    def _call_site_owners(self, model: nn.Module) -> Dict[str, int]:
+        """``{module name: calls per forward}`` whose layers get one range
+        per call."""
+        if self.call_sites is None:
+            return {}
+        if self.call_sites == 'dense_heads':
+            return dense_head_levels(model)
+        modules = dict(model.named_modules())
+        for name, calls in self.call_sites.items():
+            if name not in modules:
+                raise ValueError(f'call_sites names "{name}", which is not '
+                                 f'a module of {type(model).__name__}')
+            if int(calls) < 1:
+                raise ValueError(f'call_sites["{name}"] must be >= 1')
+        return {n: int(c) for n, c in self.call_sites.items()}

@@ -7,6 +7,7 @@ apply to every model mmddaq quantizes. Inputs and targets of one block at a
 time are captured with forward hooks while the whole models run on the
 pool, so memory holds one block's data, not the whole network's.
 """
+import contextlib
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -17,7 +18,8 @@ from torch import nn
 from mmddaq.registry import MODELS
 from mmddaq.utils.nested import flatten_tensors
 from .adaround import AdaRoundQuantizer, TemperatureDecay
-from .model_quantizer import observation_disabled, quantized_layers
+from .model_quantizer import (activation_quantizers, observation_disabled,
+                              quantized_layers)
 from .modules import QUANT_MODULES
 
 #: Residual blocks reconstructed as one unit (class names, any package).
@@ -83,10 +85,35 @@ def _run_both(fp_model, q_model, forward: Forward, batches,
             h.remove()
 
 
+@contextlib.contextmanager
+def call_site(unit: nn.Module, site: int):
+    """Within the block, per-call-site quantizers in ``unit`` use ``site``
+    (a unit run on its own inputs, outside the model's forward)."""
+    multi = [m for m in unit.modules() if hasattr(m, 'forced_site')]
+    for m in multi:
+        m.forced_site = site % m.num_sites
+    try:
+        yield
+    finally:
+        for m in multi:
+            m.forced_site = None
+
+
+def _run_unit(unit: nn.Module, x: torch.Tensor, site: int):
+    with call_site(unit, site):
+        return flatten_tensors(unit(x))
+
+
 def _capture(fp_model, q_model, fp_unit, q_unit, forward: Forward,
-             batches) -> List[Tuple[torch.Tensor, List[torch.Tensor]]]:
-    """(quantized-model input, FP output) of every call of a unit."""
-    q_inputs, fp_outputs = [], []
+             batches) -> List[Tuple[torch.Tensor, List[torch.Tensor], int]]:
+    """(quantized-model input, FP output, call index within the forward)
+    of every call of a unit."""
+    q_inputs, fp_outputs, sites = [], [], []
+    calls = [0]
+
+    def counted(model, x):
+        calls[0] = 0
+        return forward(model, x)
 
     def grab_input(module, args):
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
@@ -97,11 +124,13 @@ def _capture(fp_model, q_model, fp_unit, q_unit, forward: Forward,
                 'one (exclude it with block_types or reconstruct its '
                 'layers one by one).')
         q_inputs.append(tensors[0].detach())
+        sites.append(calls[0])
+        calls[0] += 1
 
     def grab_output(module, args, output):
         fp_outputs.append([t.detach() for t in flatten_tensors(output)])
 
-    _run_both(fp_model, q_model, forward, batches, [
+    _run_both(fp_model, q_model, counted, batches, [
         q_unit.register_forward_pre_hook(grab_input),
         fp_unit.register_forward_hook(grab_output)
     ])
@@ -109,15 +138,15 @@ def _capture(fp_model, q_model, fp_unit, q_unit, forward: Forward,
         raise RuntimeError('the FP and the quantized model called a unit a '
                            f'different number of times ({len(fp_outputs)} '
                            f'vs {len(q_inputs)})')
-    return list(zip(q_inputs, fp_outputs))
+    return list(zip(q_inputs, fp_outputs, sites))
 
 
 def _output_error(unit: nn.Module, records) -> float:
     """Mean over records of the per-sample squared output error."""
     total, count = 0., 0
     with torch.no_grad():
-        for x, target in records:
-            out = flatten_tensors(unit(x))
+        for x, target, site in records:
+            out = _run_unit(unit, x, site)
             total += float(_rec_loss(out, target)) * len(x)
             count += len(x)
     return total / max(count, 1)
@@ -250,7 +279,8 @@ class BlockReconstruction:
                     ada = AdaRoundQuantizer(m.weight_quantizer, m.weight)
                     rounders.append((m, ada))
                     m.weight_quantizer = ada
-        acts = [m.act_quantizer for m in layers if m.act_quantizer.enabled]
+        acts = [q for m in layers for q in activation_quantizers(m)
+                if q.enabled]
         # steps learned here are baked back; configured LSQ steps stay
         learned_here = [q for q in acts if not q.learnable] \
             if self.learn_act_steps else []
@@ -300,10 +330,10 @@ class BlockReconstruction:
             optimizer, T_max=self.iters, eta_min=0.)
         decay = TemperatureDecay(self.iters, self.warmup, *self.beta)
         for it in range(self.iters):
-            x, target = records[int(torch.randint(len(records), ()))]
+            x, target, site = records[int(torch.randint(len(records), ()))]
             idx = torch.randint(len(x), (min(self.batch_size, len(x)), ),
                                 device=x.device)
-            out = flatten_tensors(unit(x[idx]))
+            out = _run_unit(unit, x[idx], site)
             loss = _rec_loss(out, [t[idx] for t in target])
             beta = decay(it)
             if beta is not None and rounders:
@@ -415,5 +445,6 @@ def _bn_after_each_layer(model: nn.Module, run, layer_names) -> Dict[str,
     return mapping
 
 
-__all__ = ['BlockReconstruction', 'correct_bias', 'execution_order',
+__all__ = ['BlockReconstruction', 'call_site', 'correct_bias',
+           'execution_order',
            'reconstruction_units', 'DEFAULT_BLOCK_TYPES']

@@ -154,10 +154,10 @@ def set_observers(q_model, weight: Optional[dict] = None,
             layer.weight_quantizer.observer_cfg = dict(weight)
             layer.weight_quantizer.init_from(layer.weight)
         if act:
-            aq = layer.act_quantizer
-            momentum = getattr(aq.observer, 'momentum', 0.9)
-            aq.observer = build_observer(act, momentum).to(
-                aq.observer.min_val.device)
+            for aq in activation_quantizers(layer):
+                momentum = getattr(aq.observer, 'momentum', 0.9)
+                aq.observer = build_observer(act, momentum).to(
+                    aq.observer.min_val.device)
 
 
 @torch.no_grad()
