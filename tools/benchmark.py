@@ -33,7 +33,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import mmddaq  # noqa: E402,F401
 from mmddaq.apis import (build_runner, ensure_fp_checkpoint,  # noqa: E402
-                         load_config, train_and_test)
+                         load_config, run_test, train_and_test)
 from mmddaq.apis.baselines import DERIVED_METHODS, derive_method  # noqa: E402
 from mmddaq.datasets import ensure_shapes  # noqa: E402
 
@@ -357,7 +357,7 @@ def run_suite(args):
                            'model.eval_model': 'fp', **split_opts})
         runner = build_runner(cfg, osp.join(args.work_root, name, 'fp'),
                               'fp')
-        m = {k: float(v) for k, v in runner.test().items()}
+        m = run_test(runner)
         add('fp', 32, 0, m, time.perf_counter() - start)
 
     for method in args.methods:

@@ -25,7 +25,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import mmddaq  # noqa: E402,F401
 from mmddaq.apis import (build_runner, ensure_fp_checkpoint,  # noqa: E402
-                         load_config, train_and_test)
+                         load_config, run_test, train_and_test)
 from mmddaq.apis.baselines import derive_method  # noqa: E402
 from mmddaq.datasets import ensure_shapes  # noqa: E402
 
@@ -90,7 +90,7 @@ def main(argv=None):
     fp_cfg = copy.deepcopy(ddaq_cfg)
     fp_cfg.model.eval_model = 'fp'
     runner = build_runner(fp_cfg, osp.join(work_root, 'fp'), 'fp')
-    results['FP (32-bit float)'] = runner.test()
+    results['FP (32-bit float)'] = run_test(runner)
 
     results[f'naive PTQ W{b}A{b}'] = train_and_test(
         derive_method(ddaq_cfg, 'ptq'), osp.join(work_root, f'ptq_w{b}a{b}'),

@@ -17,7 +17,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import mmddaq  # noqa: E402,F401
 from mmengine.config import DictAction  # noqa: E402
 
-from mmddaq.apis import config_from_args, runner_from_cfg  # noqa: E402
+from mmddaq.apis import config_from_args, run_test, runner_from_cfg  # noqa
 
 
 def parse_args(argv=None):
@@ -59,7 +59,7 @@ def main(argv=None):
             cfg.model.eval_model = args.eval_model
     cfg.load_from = args.checkpoint
     runner = runner_from_cfg(cfg)
-    metrics = runner.test()
+    metrics = run_test(runner)
     if args.out:
         with open(args.out, 'w') as f:
             json.dump({k: float(v) for k, v in metrics.items()}, f, indent=2)

@@ -8,6 +8,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from mmddaq.utils.paths import check_work_dir
+from .metrics import run_test
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -96,7 +97,7 @@ def train_and_test(cfg: Config, work_dir: str,
     start = time.perf_counter()
     runner.train()
     seconds = time.perf_counter() - start
-    metrics = {k: float(v) for k, v in runner.test().items()}
+    metrics = run_test(runner)
     metrics['seconds'] = seconds
     return metrics
 
@@ -107,7 +108,7 @@ def test_checkpoint(cfg: Config, checkpoint: str, work_dir: str,
     cfg = cfg.copy()
     cfg.load_from = checkpoint
     runner = build_runner(cfg, work_dir, name)
-    return {k: float(v) for k, v in runner.test().items()}
+    return run_test(runner)
 
 
 def ensure_fp_checkpoint(fp_config: str, work_dir: str, logger=print) -> str:
