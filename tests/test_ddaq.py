@@ -13,8 +13,9 @@ from mmddaq.generators import Generator
 from mmddaq.importance import (HessianImportance,
                                OutputSensitivityImportance,
                                UniformImportance, layer_of_each_bn,
-                               tap_weights)
+                               limit_span, tap_weights)
 from mmddaq.losses import BNStatisticsLoss, DiscrepancyLoss
+from mmddaq.losses.discrepancy_loss import normalized_mse
 from mmddaq.quantization import freeze_activations, quantized_layers
 
 
@@ -158,8 +159,10 @@ def test_train_step_updates_g_and_q_never_fp(tiny_fp_checkpoint):
     calls = []
     model.fp_model.register_forward_hook(lambda *a: calls.append(1))
     plan = dict(batch_size=8, update_generator=True, update_quantized=True)
-    for _ in range(2):
+    for i in range(2):
         log = model.train_step(plan, optim)
+        if i == 0:  # calibration batch; the generator meets D2 after it
+            freeze_activations(model.quantized)
     assert len(calls) == 2  # FP outputs computed once per iteration
     for key in ('loss_g', 'loss_q', 'loss_bns', 'loss_ce', 'loss_dis',
                 'loss_kd', 'loss_q_dis'):
@@ -204,14 +207,60 @@ def test_importance_travels_in_state_dict(tiny_fp_checkpoint):
     names = [n for n, _ in quantized_layers(model.quantized)]
     imp = {n: float(i + 1) for i, n in enumerate(names)}
     model.set_layer_importance(imp)
-    assert model.bns_loss.layer_weights['backbone.bn1'] == 1.0
-    assert model.bns_loss.layer_weights['backbone.layer1.0.bn2'] == \
-        imp['backbone.layer1.0.conv2']
+    bn_w = model.bns_loss.layer_weights
+    # BN layers inherit their conv's weight, rescaled to mean 1 over BNs
+    assert bn_w['backbone.layer1.0.bn2'] / bn_w['backbone.bn1'] == \
+        pytest.approx(imp['backbone.layer1.0.conv2'] /
+                      imp['backbone.conv1'])
+    assert sum(bn_w.values()) / len(bn_w) == pytest.approx(1.0)
     state = model.state_dict()
     fresh, _ = build_tiny_ddaq(tiny_fp_checkpoint)
     fresh.load_state_dict(state)
-    assert fresh.layer_importance == imp
-    assert fresh.dis_loss.tap_weights == model.dis_loss.tap_weights
+    assert fresh.layer_importance == pytest.approx(model.layer_importance)
+    assert fresh.dis_loss.tap_weights == \
+        pytest.approx(model.dis_loss.tap_weights)
+
+
+def test_importance_span_is_limited(tiny_fp_checkpoint):
+    names = None
+    for span in (None, 10.):
+        model, _ = build_tiny_ddaq(tiny_fp_checkpoint, importance_span=span)
+        names = names or [n for n, _ in quantized_layers(model.quantized)]
+        # one layer 3000x the others, one almost nothing
+        imp = {n: 1. for n in names}
+        imp[names[0]], imp[names[-1]] = 3000., 1e-3
+        model.set_layer_importance(imp)
+        w = model.layer_importance
+        assert sum(w.values()) / len(w) == pytest.approx(1.0)
+        ratio = max(w.values()) / min(w.values())
+        if span is None:
+            assert ratio == pytest.approx(3e6)
+        else:
+            assert ratio == pytest.approx(span)
+            taps = model.dis_loss.tap_weights.values()
+            assert max(taps) / min(taps) <= span + 1e-6
+    assert limit_span({'a': 0., 'b': 0.}, 10.) == {'a': 1., 'b': 1.}
+    with pytest.raises(ValueError, match='importance_span'):
+        build_tiny_ddaq(tiny_fp_checkpoint, importance_span=0.5)
+
+
+def test_discrepancy_denominator_is_constant():
+    fp = torch.randn(4, 8, requires_grad=True)
+    q = torch.randn(4, 8)
+    normalized_mse(fp, q).backward()
+    expected = 2 * (fp - q).detach() / fp.detach().pow(2).sum()
+    assert torch.allclose(fp.grad, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_no_adversarial_d2_while_calibrating(tiny_fp_checkpoint):
+    model, optim = build_tiny_ddaq(tiny_fp_checkpoint)
+    assert model.calibrating()
+    log = model.train_step(dict(batch_size=4, update_quantized=False), optim)
+    assert 'loss_dis' not in log and 'loss_bns' in log
+    freeze_activations(model.quantized)
+    assert not model.calibrating()
+    log = model.train_step(dict(batch_size=4, update_quantized=False), optim)
+    assert 'loss_dis' in log
 
 
 def test_eval_never_moves_activation_ranges(tiny_fp_checkpoint):

@@ -84,8 +84,12 @@ def test_detector_train_step(kind, tmp_path):
     assert 'neck' in model.taps
     fp0, q0, g0 = (snapshot(model.fp_model), snapshot(model.quantized),
                    snapshot(model.generator))
-    for _ in range(2):
+    from mmddaq.quantization import freeze_activations
+    for i in range(2):
         log = model.train_step(dict(batch_size=2), optim)
+        if i == 0:  # calibration batch; D2 reaches the generator after it
+            assert 'loss_dis' not in log
+            freeze_activations(model.quantized)
     for key in ('loss_g', 'loss_bns', 'loss_dis', 'loss_kd', 'loss_q_dis'):
         assert torch.isfinite(log[key]), key
     assert 'loss_ce' not in log  # unconditional generator
@@ -144,3 +148,22 @@ def test_quantized_detector_predicts(tmp_path):
     with torch.no_grad():
         out = model(torch.randn(1, 3, SIZE, SIZE), [sample], mode='predict')
     assert hasattr(out[0], 'pred_instances')
+
+
+def test_frozen_stages_of_the_fp_backbone_still_fine_tune(tmp_path):
+    """mmdet's ResNet re-freezes frozen_stages on every train(); the
+    quantized copy must keep training its stem and first stage."""
+    arch = tiny_detector('retinanet')
+    arch.backbone.frozen_stages = 1
+    model, optim = build('retinanet', tmp_path, architecture=arch)
+    model.train()
+    q = model.quantized.backbone
+    for name in ('conv1', 'layer1.0.conv1'):
+        assert q.get_submodule(name).weight.requires_grad, name
+    assert not model.fp_model.backbone.conv1.weight.requires_grad
+    from mmddaq.quantization import freeze_activations
+    model.train_step(dict(batch_size=2, update_quantized=False), optim)
+    freeze_activations(model.quantized)
+    before = q.layer1[0].conv1.weight.detach().clone()
+    model.train_step(dict(batch_size=2, update_generator=False), optim)
+    assert not torch.equal(before, q.layer1[0].conv1.weight)

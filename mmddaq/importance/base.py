@@ -1,5 +1,5 @@
 """What every layer-importance strategy shares."""
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -19,6 +19,31 @@ def normalize_mean_one(scores: Dict[str, float]) -> Dict[str, float]:
     if not torch.isfinite(mean) or mean <= 0:
         return {k: 1.0 for k in scores}
     return {k: float(v / mean) for k, v in zip(scores, values)}
+
+
+def limit_span(weights: Dict[str, float],
+               max_span: Optional[float]) -> Dict[str, float]:
+    """Clamp weights to a band ``max_span`` wide (largest / smallest) around
+    their geometric mean, then rescale them to mean 1.
+
+    A raw importance can span thousands (a few layers would then carry all
+    of D1 or D2); ``None`` keeps the weights as they are (mean 1).
+    """
+    if not weights:
+        return {}
+    if max_span is None:
+        return normalize_mean_one(weights)
+    if max_span < 1:
+        raise ValueError(f'max_span must be >= 1, got {max_span}')
+    values = torch.tensor(list(weights.values()), dtype=torch.float64)
+    values = torch.nan_to_num(values.abs(), nan=0., posinf=0.)
+    positive = values[values > 0]
+    if positive.numel() == 0:
+        return {k: 1.0 for k in weights}
+    center = positive.log().mean().exp()
+    half = float(max_span)**0.5
+    values = values.clamp(center / half, center * half)
+    return normalize_mean_one(dict(zip(weights, values.tolist())))
 
 
 class BaseImportance:
@@ -100,11 +125,13 @@ def layer_of_each_bn(model: nn.Module, run: Callable[[], object],
 
 
 def tap_weights(importance: Dict[str, float],
-                taps: Sequence[str]) -> Dict[str, float]:
+                taps: Sequence[str],
+                max_span: Optional[float] = None) -> Dict[str, float]:
     """Weight of each tap: mean importance of the layers inside it.
 
     A tap ``backbone.layer2`` covers ``backbone.layer2`` itself and every
-    layer below it. The weights are normalised to mean 1 over taps.
+    layer below it. The weights are normalised to mean 1 over taps, within
+    ``max_span`` of each other (see :func:`limit_span`).
     """
     scores = {}
     for tap in taps:
@@ -113,7 +140,7 @@ def tap_weights(importance: Dict[str, float],
             if k == tap or k.startswith(tap + '.')
         ]
         scores[tap] = sum(inside) / len(inside) if inside else 1.0
-    return normalize_mean_one(scores)
+    return limit_span(scores, max_span)
 
 
 def quantized_layer_names(model: nn.Module) -> List[str]:

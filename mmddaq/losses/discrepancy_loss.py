@@ -12,13 +12,15 @@ def normalized_mse(fp, q, eps: float = 1e-8) -> torch.Tensor:
     """``||fp - q||^2 / ||fp||^2`` over all tensors of ``fp``/``q``.
 
     Scale-free, so taps of very different magnitude (stage features,
-    logits, box deltas) can be summed with plain weights.
+    logits, box deltas) can be summed with plain weights. The denominator
+    is a constant for autograd: a generator maximising the discrepancy must
+    not raise it by shrinking the FP features.
     """
     fps, qs = flatten_tensors(fp), flatten_tensors(q)
     if len(fps) != len(qs) or not fps:
         raise ValueError('FP and quantized tap outputs do not match')
     num = sum(((a.float() - b.float())**2).sum() for a, b in zip(fps, qs))
-    den = sum((a.float()**2).sum() for a in fps)
+    den = sum((a.detach().float()**2).sum() for a in fps)
     return num / (den + eps)
 
 

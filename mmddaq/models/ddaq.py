@@ -11,9 +11,10 @@ from mmengine.registry import MODELS as ROOT_MODELS
 from mmengine.runner import CheckpointLoader
 from torch import nn
 
-from mmddaq.importance import layer_of_each_bn, tap_weights
+from mmddaq.importance import layer_of_each_bn, limit_span, tap_weights
 from mmddaq.losses import BNStatisticsLoss, DiscrepancyLoss
-from mmddaq.quantization import observation_disabled, quantized_layers
+from mmddaq.quantization import (activation_quantizers, observation_disabled,
+                                 quantized_layers)
 from mmddaq.registry import MODELS
 from mmddaq.utils.checkpoint import load_checkpoint_safe, state_dict_mismatch
 from mmddaq.utils.nested import detach_nested
@@ -82,6 +83,10 @@ class DDAQ(BaseModel):
         loss_weights (dict): ``ce``, ``bns``, ``dis``, ``kd``, ``q_dis``.
         sample_source (str): ``'generator'``, ``'gaussian'`` or ``'pool'``.
         eval_model (str): ``'quantized'`` or ``'fp'``.
+        importance_span (float, optional): Largest ratio between two layer
+            (D1) or tap (D2) importance weights; wider raw importance is
+            clamped around its geometric mean. ``None``: no limit.
+            Defaults to 100.
         data_preprocessor (dict, optional): Used as the architecture's data
             preprocessor if that has none (mmpretrain configs keep it at the
             top level). The algorithm uses the built model's preprocessor.
@@ -98,6 +103,7 @@ class DDAQ(BaseModel):
                  loss_weights: Optional[dict] = None,
                  sample_source: str = 'generator',
                  eval_model: str = 'quantized',
+                 importance_span: Optional[float] = 100.,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
         architecture = copy.deepcopy(architecture)
@@ -121,6 +127,10 @@ class DDAQ(BaseModel):
                              f'got "{eval_model}"')
         self.sample_source = sample_source
         self.eval_model = eval_model
+        if importance_span is not None and importance_span < 1:
+            raise ValueError('importance_span must be >= 1 or None, got '
+                             f'{importance_span}')
+        self.importance_span = importance_span
         self.input_shape = tuple(input_shape)
 
         self.fp_model = fp_model
@@ -163,7 +173,9 @@ class DDAQ(BaseModel):
 
     def set_extra_state(self, state) -> None:
         if state and state.get('layer_importance'):
-            self.set_layer_importance(state['layer_importance'])
+            # saved already limited: restored exactly as it was
+            self.set_layer_importance(state['layer_importance'],
+                                      limit=False)
         saved = (state or {}).get('layer_bits')
         if saved:
             own = self.layer_bits()
@@ -179,40 +191,65 @@ class DDAQ(BaseModel):
                     'that was saved; use the config it was trained with.',
                     logger='current', level=logging.WARNING)
 
-    def set_layer_importance(self, importance: Dict[str, float]) -> None:
-        """Use ``importance`` (layer name -> weight, mean 1) in D1 and D2.
+    def set_layer_importance(self, importance: Dict[str, float],
+                             limit: bool = True) -> None:
+        """Use ``importance`` (layer name -> weight) in D1 and D2.
 
-        Each BN layer inherits the weight of the conv that feeds it; each
-        tap the mean weight of the layers inside it.
+        The weights are limited to ``importance_span`` and scaled to mean 1.
+        Each BN layer inherits the weight of the conv that feeds it, and
+        the BN weights are scaled to mean 1 over BN layers (D1 keeps its
+        strength whatever the layers without BN weigh); each tap gets the
+        mean weight of the layers inside it, likewise limited and scaled.
+
+        Args:
+            importance (dict[str, float]): Layer name -> raw weight.
+            limit (bool): Limit and rescale ``importance`` first (False for
+                weights that already were, e.g. restored from a checkpoint).
         """
         names = {n for n, _ in quantized_layers(self.quantized)}
         unknown = sorted(set(importance) - names)
         if unknown:
             raise ValueError(f'importance names unknown layers {unknown[:5]}')
         self.layer_importance = {k: float(v) for k, v in importance.items()}
+        if limit:
+            self.layer_importance = limit_span(self.layer_importance,
+                                               self.importance_span)
         self.dis_loss.set_tap_weights(
-            tap_weights(self.layer_importance, self.taps))
+            tap_weights(self.layer_importance, self.taps,
+                        self.importance_span))
         if self.bns_loss is not None:
             device = self.device_of()
             x = torch.randn(2, *self.input_shape, device=device)
             mapping = layer_of_each_bn(
                 self.fp_model, lambda: self.adapter.forward(self.fp_model, x),
                 list(self.layer_importance))
-            self.bns_loss.set_layer_weights({
-                bn: self.layer_importance[layer]
-                for bn, layer in mapping.items()
-            })
+            self.bns_loss.set_layer_weights(
+                limit_span({bn: self.layer_importance[layer]
+                            for bn, layer in mapping.items()}, None))
 
     def device_of(self) -> torch.device:
         """The device of the quantized model's parameters."""
         return next(self.quantized.parameters()).device
 
     def train(self, mode: bool = True):
-        """Only the generator trains; both models keep BN statistics frozen."""
+        """Only the generator trains; both models keep BN statistics frozen.
+
+        Every parameter of the quantized model stays trainable: mmdet's
+        ResNet re-freezes its ``frozen_stages`` on each ``train()``, which
+        would silently drop the quantized stem and first stage from
+        fine-tuning.
+        """
         super().train(mode)
         self.fp_model.eval()
         self.quantized.eval()
+        for p in self.quantized.parameters():
+            p.requires_grad_(True)
         return self
+
+    def calibrating(self) -> bool:
+        """bool: Whether activation ranges are still being calibrated."""
+        return any(q.enabled and not q.is_frozen()
+                   for q in activation_quantizers(self.quantized))
 
     # ------------------------------------------------------------------
     def sample_inputs(self, batch_size: int):
@@ -317,7 +354,9 @@ class DDAQ(BaseModel):
             update_q = bool(data.get('update_quantized', True))
         else:  # a real batch: QAT with KD
             update_g, update_q, labels = False, True, None
-        need_dis_grad = update_g and w['dis'] > 0
+        # no adversarial D2 while ranges are calibrated: the generator would
+        # push activations out of range and the observers would follow
+        need_dis_grad = update_g and w['dis'] > 0 and not self.calibrating()
 
         g_params = list(self.generator.parameters()) if update_g else []
         q_params = [p for p in self.quantized.parameters() if p.requires_grad]
