@@ -8,7 +8,6 @@ For mmddaq quantization configs the checkpoint holds the whole algorithm
 """
 import argparse
 import json
-import os
 import os.path as osp
 import sys
 
@@ -18,6 +17,7 @@ import mmddaq  # noqa: E402,F401
 from mmengine.config import DictAction  # noqa: E402
 
 from mmddaq.apis import config_from_args, run_test, runner_from_cfg  # noqa
+from mmddaq.utils.dist import add_launcher_args, parse_launcher_args  # noqa
 
 
 def parse_args(argv=None):
@@ -33,15 +33,8 @@ def parse_args(argv=None):
         help='for quantization configs: which model to evaluate')
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction, help='overrides')
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    add_launcher_args(parser)
+    return parse_launcher_args(parser, argv)
 
 
 def main(argv=None):

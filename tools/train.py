@@ -12,7 +12,6 @@ model) and for mmddaq's data-free quantization configs (``runner_type``
 Without a GPU, ``--launcher pytorch`` trains on CPUs over ``gloo``.
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
@@ -22,7 +21,8 @@ import mmddaq  # noqa: E402,F401  (registers modules, safe checkpoints)
 from mmengine.config import Config, DictAction  # noqa: E402
 
 from mmddaq.apis import config_from_args, runner_from_cfg  # noqa: E402
-from mmddaq.utils.dist import init_dist_without_gpu  # noqa: E402
+from mmddaq.utils.dist import (add_launcher_args,  # noqa: E402
+                               init_dist_without_gpu, parse_launcher_args)
 
 
 def parse_args(argv=None):
@@ -43,16 +43,8 @@ def parse_args(argv=None):
         nargs='+',
         action=DictAction,
         help='override settings of the config, key=value')
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none',
-        help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    add_launcher_args(parser)
+    return parse_launcher_args(parser, argv)
 
 
 def build_cfg(args) -> Config:

@@ -146,9 +146,11 @@ class ModelQuantizer:
         call_sites (str | dict, optional): One activation range per call
             for layers that run several times per forward
             (:class:`~mmddaq.quantization.quantizers.CallSiteQuantizer`):
-            ``'dense_heads'`` for every layer of an mmdet dense head (one
-            range per FPN level), or ``{module name: calls per forward}``.
-            ``None`` (default): one shared range per layer.
+            ``'dense_heads'`` (default) for every layer of an mmdet dense
+            head (one range per FPN level; on the shapes RetinaNet this
+            raised W4A4 PTQ from 0.636 to 0.658 mAP on the tune split), or
+            ``{module name: calls per forward}``, or ``None``: one shared
+            range per layer. Models without dense heads are unaffected.
     """
 
     def __init__(self,
@@ -161,7 +163,7 @@ class ModelQuantizer:
                  overrides: Sequence[dict] = (),
                  layer_bits: Optional[Dict[str, Sequence[int]]] = None,
                  skip: Sequence[str] = (),
-                 call_sites: Union[str, Dict[str, int], None] = None
+                 call_sites: Union[str, Dict[str, int], None] = 'dense_heads'
                  ) -> None:
         if call_sites is not None and call_sites != 'dense_heads' and \
                 not isinstance(call_sites, dict):

@@ -8,6 +8,7 @@ time are captured with forward hooks while the whole models run on the
 pool, so memory holds one block's data, not the whole network's.
 """
 import contextlib
+import inspect
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -71,15 +72,27 @@ def reconstruction_units(model: nn.Module,
     return units
 
 
-def _run_both(fp_model, q_model, forward: Forward, batches,
-              handles) -> None:
+def _run_both(fp_model, q_model, forward: Forward, batches, handles,
+              before_batch: Optional[Callable[[], None]] = None) -> None:
     """Run both models on every batch (no autograd, ranges untouched), then
-    remove the hooks ``handles``."""
+    remove the hooks ``handles``.
+
+    A ``forward`` that takes ``reference`` (a task adapter's) gets the FP
+    outputs for the quantized pass, so both models see the same proposals
+    in a two-stage detector's RoI head. ``before_batch`` is called before
+    each batch.
+    """
+    takes_reference = 'reference' in inspect.signature(forward).parameters
     try:
         with torch.no_grad(), observation_disabled(q_model):
             for x in batches:
-                forward(fp_model, x)
-                forward(q_model, x)
+                if before_batch is not None:
+                    before_batch()
+                reference = forward(fp_model, x)
+                if takes_reference:
+                    forward(q_model, x, reference=reference)
+                else:
+                    forward(q_model, x)
     finally:
         for h in handles:
             h.remove()
@@ -111,9 +124,6 @@ def _capture(fp_model, q_model, fp_unit, q_unit, forward: Forward,
     q_inputs, fp_outputs, sites = [], [], []
     calls = [0]
 
-    def counted(model, x):
-        calls[0] = 0
-        return forward(model, x)
 
     def grab_input(module, args):
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
@@ -130,10 +140,10 @@ def _capture(fp_model, q_model, fp_unit, q_unit, forward: Forward,
     def grab_output(module, args, output):
         fp_outputs.append([t.detach() for t in flatten_tensors(output)])
 
-    _run_both(fp_model, q_model, counted, batches, [
+    _run_both(fp_model, q_model, forward, batches, [
         q_unit.register_forward_pre_hook(grab_input),
         fp_unit.register_forward_hook(grab_output)
-    ])
+    ], before_batch=lambda: calls.__setitem__(0, 0))
     if len(q_inputs) != len(fp_outputs):
         raise RuntimeError('the FP and the quantized model called a unit a '
                            f'different number of times ({len(fp_outputs)} '

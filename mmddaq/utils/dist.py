@@ -123,3 +123,19 @@ def init_dist_without_gpu(launcher: str,
         kwargs['timeout'] = datetime.timedelta(seconds=timeout)
     torch_dist.init_process_group(backend='gloo', **kwargs)
     return True
+
+
+def add_launcher_args(parser) -> None:
+    """``--launcher`` and ``--local-rank``, as the OpenMMLab tools take."""
+    parser.add_argument('--launcher',
+                        choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def parse_launcher_args(parser, argv=None):
+    """Parse ``argv``; export ``LOCAL_RANK`` when the launcher did not."""
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
