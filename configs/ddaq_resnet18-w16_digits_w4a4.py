@@ -52,14 +52,18 @@ train_cfg = dict(
     warmup_iters=400,
     val_interval=200)
 
-# After training: 256 generator samples, MSE ranges, block reconstruction
-# (AdaRound + LSQ + QDrop).
+# After training: 256 generator samples, range search, block reconstruction
+# (AdaRound + LSQ + QDrop). Ranges chosen per role on the digits tune split
+# with W4A4 PTQ (3 seeds, top-1 mean): 99.99-percentile activations win
+# (97.78 with MSE weights, 97.90 with min-max weights) over min-max (96.17,
+# 96.54) and MSE (96.17, 96.67); MSE and min-max weights tie within the
+# seed spread here, MSE gained on the shapes detector (docs/benchmarks.md).
 post_training = dict(
     type='mmddaq.PostTrainingHook',
     samples=dict(type='mmddaq.AlgorithmSamples'),
     num_samples=256,
     observers=dict(weight=dict(type='mmddaq.MSEObserver'),
-                   act=dict(type='mmddaq.MSEObserver')),
+                   act=dict(type='mmddaq.PercentileObserver')),
     reconstruction=dict(type='mmddaq.BlockReconstruction', iters=200))
 custom_hooks = [
     dict(type='mmddaq.LayerImportanceHook',

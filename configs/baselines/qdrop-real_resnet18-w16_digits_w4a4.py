@@ -1,5 +1,5 @@
-# Upper bound, NOT data-free: MSE ranges and block reconstruction (AdaRound,
-# LSQ, QDrop) on 256 real training images.
+# Upper bound, NOT data-free: the DDAQ config's range search and block
+# reconstruction (AdaRound, LSQ, QDrop) on 256 real training images.
 _base_ = './ptq_resnet18-w16_digits_w4a4.py'
 custom_hooks = [
     dict(type='mmddaq.ActivationCalibrationHook', calib_iters=50),
@@ -9,7 +9,6 @@ custom_hooks = [
             type='mmddaq.RealSamples',
             dataloader={{_base_.real_calib_dataloader}}),
         num_samples=256,
-        observers=dict(weight=dict(type='mmddaq.MSEObserver'),
-                       act=dict(type='mmddaq.MSEObserver')),
+        observers={{_base_.post_training.observers}},
         reconstruction={{_base_.post_training.reconstruction}}),
 ]

@@ -13,9 +13,10 @@ the same model with the same policy and only the data-free recipe differs:
 - ``gdfq``: GDFQ-style generator trained on BN statistics alone (uniform
   layer weights, GDFQ's weight 0.1, plus CE when the generator is
   conditional), no discrepancy discriminator; KD fine-tuning.
-- ``ptq-mse``: ``ptq`` with MSE range search for weights (data-free, per
-  channel) and activations (on the Gaussian batches): the strongest cheap
-  data-free baseline.
+- ``ptq-mse``: ``ptq`` with the config's range search (MSE for weights,
+  data-free, per channel; the activation observer of its
+  ``PostTrainingHook``, MSE if none) on the Gaussian batches: the strongest
+  cheap data-free baseline.
 - ``genie``: a generator trained on BN statistics alone (no D2, no
   importance, the quantized model never fine-tuned), then MSE ranges and
   block reconstruction on its samples (Genie-style).
@@ -52,12 +53,15 @@ POST_TRAINING = 'PostTrainingHook'
 def post_training_hook(cfg: Config, samples: dict,
                        reconstruction: bool = True) -> dict:
     """The config's :class:`PostTrainingHook` (or the default one) with
-    ``samples``, MSE ranges and, if asked, block reconstruction."""
+    ``samples``, its range search (MSE for both roles if it has none) and,
+    if asked, block reconstruction."""
     hook = next((copy.deepcopy(h) for h in cfg.get('custom_hooks') or []
                  if _hook_type(h) == POST_TRAINING),
                 dict(type='mmddaq.PostTrainingHook', num_samples=256,
                      reconstruction=dict(type='mmddaq.BlockReconstruction')))
-    hook.update(samples=samples, observers=copy.deepcopy(MSE_OBSERVERS),
+    hook.update(samples=samples,
+                observers=copy.deepcopy(hook.get('observers')
+                                        or MSE_OBSERVERS),
                 calibrate=True)
     if not reconstruction:
         hook['reconstruction'] = None
