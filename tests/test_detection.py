@@ -167,3 +167,45 @@ def test_frozen_stages_of_the_fp_backbone_still_fine_tune(tmp_path):
     before = q.layer1[0].conv1.weight.detach().clone()
     model.train_step(dict(batch_size=2, update_generator=False), optim)
     assert not torch.equal(before, q.layer1[0].conv1.weight)
+
+
+def _level(size, classes=3, anchors=2, confident=True):
+    """Teacher/student outputs: background everywhere, one confident anchor
+    (top-left) where the student disagrees."""
+    fp_s = torch.full((1, anchors * classes, size, size), -10.)
+    fp_b = torch.zeros(1, anchors * 4, size, size)
+    q_s, q_b = fp_s.clone(), fp_b.clone()
+    if confident:
+        fp_s[0, 0, 0, 0] = 4.
+        q_s[0, 0, 0, 0] = -1.
+        q_b[0, :4, 0, 0] = 0.5
+    return fp_s, q_s, fp_b, q_b
+
+
+def test_confidence_weighted_kd_is_not_diluted_by_background():
+    from mmddaq.models.adapters.detector_base import (confident_roi_kd,
+                                                      dense_kd)
+    losses = {}
+    for weighting in ('confidence', 'uniform'):
+        small, large = (dense_kd(*[[t] for t in _level(s)], box_weight=1.,
+                                 weighting=weighting) for s in (2, 8))
+        losses[weighting] = float(small / large)
+        same = _level(4)
+        zero = dense_kd([same[0]], [same[0]], [same[2]], [same[2]], 1.,
+                        weighting)
+        assert abs(float(zero)) < 1e-6
+    # 16x more background anchors: the confident loss barely moves, the
+    # plain mean shrinks with the anchor count
+    assert losses['confidence'] < 1.5
+    assert losses['uniform'] > 8
+    with pytest.raises(ValueError, match='kd_weighting'):
+        dense_kd([], [], [], [], 1., weighting='mean')
+    # RoI head: a background RoI (teacher sure of background) hardly counts
+    fp_cls = torch.tensor([[5., -5., -5.], [-5., -5., 8.]])  # fg, bg RoI
+    fp_box = torch.zeros(2, 4)
+    q_cls = fp_cls.clone()
+    q_cls[1] = torch.tensor([8., -5., -5.])  # wrong only on the bg RoI
+    assert float(confident_roi_kd(fp_cls, q_cls, fp_box, fp_box, 1.)) < 0.01
+    q_cls = fp_cls.clone()
+    q_cls[0] = torch.tensor([-5., 5., -5.])  # wrong on the fg RoI
+    assert float(confident_roi_kd(fp_cls, q_cls, fp_box, fp_box, 1.)) > 1.

@@ -38,9 +38,82 @@ def box_kd(fp_boxes: torch.Tensor, q_boxes: torch.Tensor) -> torch.Tensor:
     return F.smooth_l1_loss(q_boxes, fp_boxes.detach(), beta=1.0 / 9)
 
 
+KD_WEIGHTINGS = ('confidence', 'uniform')
+
+
+def _check_weighting(weighting: str) -> str:
+    if weighting not in KD_WEIGHTINGS:
+        raise ValueError(f'kd_weighting must be one of {KD_WEIGHTINGS}, got '
+                         f'"{weighting}"')
+    return weighting
+
+
+def confident_dense_kd(fp_s: torch.Tensor, q_s: torch.Tensor,
+                       fp_b: torch.Tensor, q_b: torch.Tensor,
+                       box_weight: float, eps: float = 1e-6) -> torch.Tensor:
+    """One level's KD, each anchor weighted by the teacher's confidence.
+
+    Almost every anchor of a dense head is background: a plain mean over
+    anchors x classes is dominated by it. Here each anchor counts by the FP
+    model's highest class probability there, normalised by the weights'
+    sum, for both the score term (Bernoulli KL per class) and the box term
+    (smooth-L1 over the 4 deltas), so a level's loss does not shrink with
+    the number of background anchors it has.
+
+    Args:
+        fp_s (Tensor): FP class logits ``(N, A*C, H, W)`` (sigmoid).
+        q_s (Tensor): Quantized class logits, same shape.
+        fp_b (Tensor): FP box deltas ``(N, A*4, H, W)``.
+        q_b (Tensor): Quantized box deltas, same shape.
+        box_weight (float): Weight of the box term.
+
+    Returns:
+        Tensor: The level's loss.
+    """
+    n, _, h, w = fp_s.shape
+    anchors = fp_b.shape[1] // 4
+    target = fp_s.detach().float().reshape(n, anchors, -1, h, w)
+    q = q_s.float().reshape(n, anchors, -1, h, w)
+    p = target.sigmoid()
+    weight = p.amax(dim=2)  # (N, A, H, W)
+    norm = weight.sum() + eps
+    kl = F.binary_cross_entropy_with_logits(q, p, reduction='none') - \
+        F.binary_cross_entropy_with_logits(target, p, reduction='none')
+    score = (kl.sum(dim=2) * weight).sum() / norm
+    box = F.smooth_l1_loss(
+        q_b.float().reshape(n, anchors, 4, h, w),
+        fp_b.detach().float().reshape(n, anchors, 4, h, w),
+        beta=1.0 / 9, reduction='none').sum(dim=2)
+    return score + box_weight * (box * weight).sum() / norm
+
+
+def confident_roi_kd(fp_cls: torch.Tensor, q_cls: torch.Tensor,
+                     fp_box: torch.Tensor, q_box: torch.Tensor,
+                     box_weight: float, eps: float = 1e-6) -> torch.Tensor:
+    """RoI-head KD, each RoI weighted by the FP model's foreground
+    probability (1 - background, the last softmax class), normalised by the
+    weights' sum.
+
+    Args:
+        fp_cls (Tensor): FP logits ``(R, C + 1)``.
+        q_cls (Tensor): Quantized logits, same shape.
+        fp_box (Tensor): FP box deltas ``(R, 4 or 4C)``.
+        q_box (Tensor): Quantized box deltas, same shape.
+        box_weight (float): Weight of the box term.
+    """
+    target = F.softmax(fp_cls.detach().float(), dim=1)
+    weight = 1. - target[:, -1]
+    norm = weight.sum() + eps
+    kl = (target * (target.clamp_min(1e-12).log() -
+                    F.log_softmax(q_cls.float(), dim=1))).sum(dim=1)
+    box = F.smooth_l1_loss(q_box.float(), fp_box.detach().float(),
+                           beta=1.0 / 9, reduction='none').sum(dim=1)
+    return ((kl + box_weight * box) * weight).sum() / norm
+
+
 def dense_kd(fp_scores: List[torch.Tensor], q_scores: List[torch.Tensor],
              fp_boxes: List[torch.Tensor], q_boxes: List[torch.Tensor],
-             box_weight: float) -> torch.Tensor:
+             box_weight: float, weighting: str = 'uniform') -> torch.Tensor:
     """KD of a dense head's per-level outputs, averaged over levels.
 
     Args:
@@ -49,14 +122,21 @@ def dense_kd(fp_scores: List[torch.Tensor], q_scores: List[torch.Tensor],
         fp_boxes (list[Tensor]): FP box deltas per level.
         q_boxes (list[Tensor]): Quantized box deltas per level.
         box_weight (float): Weight of the box term.
+        weighting (str): ``'confidence'`` (see :func:`confident_dense_kd`)
+            or ``'uniform'`` (a plain mean over anchors and classes).
 
     Returns:
         Tensor: The loss.
     """
+    _check_weighting(weighting)
     loss = 0.
     for fp_s, q_s, fp_b, q_b in zip(fp_scores, q_scores, fp_boxes, q_boxes):
-        loss = loss + score_kd(fp_s, q_s, use_sigmoid=True) + \
-            box_weight * box_kd(fp_b, q_b)
+        if weighting == 'confidence':
+            loss = loss + confident_dense_kd(fp_s, q_s, fp_b, q_b,
+                                             box_weight)
+        else:
+            loss = loss + score_kd(fp_s, q_s, use_sigmoid=True) + \
+                box_weight * box_kd(fp_b, q_b)
     return loss / len(fp_scores)
 
 
@@ -90,9 +170,11 @@ class DetectorAdapterBase:
     head_taps: Sequence[str] = ()
 
     def __init__(self, taps: Sequence[str] = None,
-                 box_weight: float = 1.0) -> None:
+                 box_weight: float = 1.0,
+                 kd_weighting: str = 'confidence') -> None:
         self.taps = list(taps) if taps else None
         self.box_weight = box_weight
+        self.kd_weighting = _check_weighting(kd_weighting)
 
     def default_taps(self, model: nn.Module) -> List[str]:
         """Backbone stages, the neck and the heads of ``model``."""

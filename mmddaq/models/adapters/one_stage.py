@@ -21,6 +21,9 @@ class OneStageDetectorAdapter(DetectorAdapterBase):
         taps (Sequence[str], optional): Submodules compared by D2; defaults
             to backbone stages, ``neck`` and ``bbox_head``.
         box_weight (float): Weight of the box KD term. Defaults to 1.
+        kd_weighting (str): ``'confidence'`` (default): each anchor counts
+            by the FP model's top class probability, normalised per level;
+            ``'uniform'``: a plain mean over anchors and classes.
     """
 
     head_taps = ('bbox_head', )
@@ -34,7 +37,8 @@ class OneStageDetectorAdapter(DetectorAdapterBase):
 
     def distill_loss(self, fp_out: Dict[str, list],
                      q_out: Dict[str, list]) -> torch.Tensor:
-        """Mean over levels of score KD + ``box_weight`` x box KD."""
+        """Mean over levels of score KD + ``box_weight`` x box KD
+        (anchors weighted by the FP model's confidence by default)."""
         return dense_kd(fp_out['cls_scores'], q_out['cls_scores'],
                         fp_out['bbox_preds'], q_out['bbox_preds'],
-                        self.box_weight)
+                        self.box_weight, self.kd_weighting)

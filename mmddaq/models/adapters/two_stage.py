@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from mmddaq.registry import MODELS
-from .detector_base import (DetectorAdapterBase, box_kd, dense_kd,
-                            score_kd, synthetic_img_metas)
+from .detector_base import (DetectorAdapterBase, box_kd, confident_roi_kd,
+                            dense_kd, score_kd, synthetic_img_metas)
 
 
 @MODELS.register_module()
@@ -25,6 +25,9 @@ class TwoStageDetectorAdapter(DetectorAdapterBase):
             to backbone stages, ``neck``, ``rpn_head`` and
             ``roi_head.bbox_head``.
         box_weight (float): Weight of the box KD terms. Defaults to 1.
+        kd_weighting (str): ``'confidence'`` (default): RPN anchors and RoIs
+            count by the FP model's foreground confidence (normalised by
+            the weights' sum); ``'uniform'``: plain means.
         max_proposals (int): Proposals per image kept for distillation.
             Defaults to 256.
     """
@@ -32,8 +35,9 @@ class TwoStageDetectorAdapter(DetectorAdapterBase):
     head_taps = ('rpn_head', 'roi_head.bbox_head')
 
     def __init__(self, taps=None, box_weight: float = 1.0,
-                 max_proposals: int = 256) -> None:
-        super().__init__(taps, box_weight)
+                 max_proposals: int = 256,
+                 kd_weighting: str = 'confidence') -> None:
+        super().__init__(taps, box_weight, kd_weighting)
         self.max_proposals = max_proposals
 
     def forward(self, model: nn.Module, inputs: torch.Tensor,
@@ -72,12 +76,16 @@ class TwoStageDetectorAdapter(DetectorAdapterBase):
         """RPN KD (mean over levels) + RoI-head KD on the same RoIs."""
         rpn = dense_kd(fp_out['rpn_scores'], q_out['rpn_scores'],
                        fp_out['rpn_deltas'], q_out['rpn_deltas'],
-                       self.box_weight)
+                       self.box_weight, self.kd_weighting)
         if q_out['cls_score'].numel() == 0:
             # no proposal survived: the RoI head has nothing to distil
             return rpn
-        roi = score_kd(fp_out['cls_score'], q_out['cls_score'],
-                       use_sigmoid=False)
-        roi = roi + self.box_weight * box_kd(fp_out['bbox_pred'],
-                                             q_out['bbox_pred'])
-        return rpn + roi
+        if self.kd_weighting == 'uniform':
+            roi = score_kd(fp_out['cls_score'], q_out['cls_score'],
+                           use_sigmoid=False)
+            return rpn + roi + self.box_weight * box_kd(
+                fp_out['bbox_pred'], q_out['bbox_pred'])
+        return rpn + confident_roi_kd(fp_out['cls_score'],
+                                      q_out['cls_score'],
+                                      fp_out['bbox_pred'],
+                                      q_out['bbox_pred'], self.box_weight)
