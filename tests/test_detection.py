@@ -209,3 +209,12 @@ def test_confidence_weighted_kd_is_not_diluted_by_background():
     q_cls = fp_cls.clone()
     q_cls[0] = torch.tensor([-5., 5., -5.])  # wrong on the fg RoI
     assert float(confident_roi_kd(fp_cls, q_cls, fp_box, fp_box, 1.)) > 1.
+
+
+def test_confident_anchor_share():
+    from mmddaq.models.adapters.detector_base import confident_anchor_share
+    level = torch.full((2, 6, 4, 4), -10.)  # 2 anchors x 3 classes
+    assert confident_anchor_share([level]) == 0.
+    level[0, 4, 1, 1] = 3.  # one position of one image: an object
+    assert confident_anchor_share([level, torch.full((2, 6, 2, 2), -10.)]) \
+        == pytest.approx(1 / (2 * 16 + 2 * 4))

@@ -140,6 +140,26 @@ def dense_kd(fp_scores: List[torch.Tensor], q_scores: List[torch.Tensor],
     return loss / len(fp_scores)
 
 
+@torch.no_grad()
+def confident_anchor_share(cls_scores: List[torch.Tensor],
+                           score_thr: float = 0.05) -> float:
+    """Share of anchor positions where some class scores above
+    ``score_thr`` (sigmoid), over every level: how much of an input a dense
+    detector sees as an object.
+
+    Args:
+        cls_scores (list[Tensor]): Class logits per level,
+            ``(N, A*C, H, W)``.
+        score_thr (float): Score threshold. Defaults to 0.05.
+    """
+    hits, total = 0, 0
+    for s in cls_scores:
+        p = s.float().sigmoid()
+        hits += int((p.amax(dim=1) > score_thr).sum())
+        total += p.shape[0] * p.shape[2] * p.shape[3]
+    return hits / max(total, 1)
+
+
 def synthetic_img_metas(inputs: torch.Tensor) -> List[dict]:
     """Image metas for generated inputs: unpadded, unscaled images."""
     h, w = inputs.shape[-2:]
