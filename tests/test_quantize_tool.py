@@ -199,9 +199,16 @@ def test_ptq_method(classifier, tmp_path):
     config, ckpt = classifier
     work = str(tmp_path / 'ptq')
     tool('quantize').main([config, ckpt, '--work-dir', work, '--method',
-                           'ptq', *FAST])
+                           'ptq', '--export', *FAST])
     report = check_report(work, 'accuracy/top1')
     assert report['method'] == 'ptq'
+    export = report['export']
+    assert osp.isfile(export['onnx'])
+    # onnxruntime with the recommended options reproduces the fake-quant
+    # model; its default bias rounding may move the outputs a little
+    assert export['recommended_max_over_range'] < 0.02
+    assert export['default_max_over_range'] < 0.15
+    assert 'onnxruntime' in open(osp.join(work, 'report.md')).read()
     cfg = Config.fromfile(osp.join(work, 'generated', 'quantize_config.py'))
     assert cfg.model.generator is None
 
