@@ -13,10 +13,10 @@ the same model with the same policy and only the data-free recipe differs:
 - ``gdfq``: GDFQ-style generator trained on BN statistics alone (uniform
   layer weights, GDFQ's weight 0.1, plus CE when the generator is
   conditional), no discrepancy discriminator; KD fine-tuning.
-- ``ptq-mse``: ``ptq`` with the config's range search (MSE for weights,
-  data-free, per channel; the activation observer of its
-  ``PostTrainingHook``, MSE if none) on the Gaussian batches: the strongest
-  cheap data-free baseline.
+- ``ptq-mse``: ``ptq`` with range search on the Gaussian batches: the
+  config's ``ptq_observers`` if it has them, else the observers of its
+  ``PostTrainingHook`` (MSE for both roles if none): the strongest cheap
+  data-free baseline.
 - ``genie``: a generator trained on BN statistics alone (no D2, no
   importance, the quantized model never fine-tuned), then MSE ranges and
   block reconstruction on its samples (Genie-style).
@@ -140,6 +140,9 @@ def derive_method(cfg: Config,
             post = post_training_hook(
                 cfg, dict(type='mmddaq.GaussianSamples'),
                 reconstruction=False)
+            if cfg.get('ptq_observers'):
+                # range search chosen for calibration without refinement
+                post['observers'] = copy.deepcopy(cfg.ptq_observers)
             post['num_samples'] = calib_iters * cfg.train_cfg.get(
                 'batch_size', 64)
             post['batch_size'] = cfg.train_cfg.get('batch_size', 64)
