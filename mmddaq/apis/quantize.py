@@ -441,9 +441,13 @@ def plot_layers(bits: Dict[str, List[int]], importance: Dict[str, float],
                 label='activation', alpha=0.5)
     axes[0].set_ylabel('bits')
     axes[0].legend()
-    axes[1].bar(range(len(names)), [importance.get(n, 0.) for n in names])
-    axes[1].set_yscale('log')
-    axes[1].set_ylabel('importance')
+    values = [importance.get(n, 0.) for n in names]
+    axes[1].bar(range(len(names)), values)
+    if any(v > 0 for v in values):
+        axes[1].set_yscale('log')
+        axes[1].set_ylabel('importance')
+    else:
+        axes[1].set_ylabel('importance (not computed by this method)')
     axes[1].set_xticks(range(len(names)))
     axes[1].set_xticklabels(names, rotation=90, fontsize=5)
     fig.tight_layout()
