@@ -236,6 +236,7 @@ def test_bad_inputs_fail_before_any_work(classifier, shapes_root, tmp_path):
     fails([other, ckpt], 'does not match')
     fails([config, ckpt, '--w-bits', '1'], 'bit-width')
     fails([config, ckpt, '--a-bits', '12'], 'bit-width')
+    fails([config, ckpt, '--first-last-bits', '9'], 'first/last')
     no_data = write(tmp_path, 'no_data.py', DETECTOR.format(
         base='retinanet/retinanet_r50_fpn_1x_coco.py', head=RETINA_HEAD,
         root=shapes_root, ann=str(tmp_path / 'gone' / 'val.json')))

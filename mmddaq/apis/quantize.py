@@ -190,14 +190,14 @@ def plan_quantization(config: str,
         ``input_shape``, ``first_last_layers``, ``num_classes``,
         ``bits``, ``has_bn``.
     """
-    for value, what in ((w_bits, 'weight bit-width'),
-                        (a_bits, 'activation bit-width')):
+    checks = [(w_bits, 'weight bit-width'), (a_bits, 'activation bit-width')]
+    if first_last_bits is not None:
+        checks.append((first_last_bits, 'first/last layer bit-width'))
+    for value, what in checks:
         try:
             check_bits(int(value), what)
         except ValueError as e:
             raise QuantizeInputError(str(e)) from e
-    if first_last_bits is not None:
-        check_bits(int(first_last_bits), 'first/last layer bit-width')
     cfg = _load_user_config(config, cfg_options)
     checkpoint = _resolve_checkpoint(checkpoint)
     init_default_scope(cfg.get('default_scope', 'mmengine'))
@@ -221,12 +221,12 @@ def plan_quantization(config: str,
     except (ValueError, RuntimeError) as e:
         raise QuantizeInputError(str(e)) from e
     model.eval()
+    probe = probe_input(cfg, model)  # also checks the test data is there
     if input_size:
         size = list(input_size) * (2 if len(input_size) == 1 else 1)
-        x = probe_input(cfg, model)
-        input_shape = (x.shape[1], int(size[0]), int(size[1]))
+        input_shape = (probe.shape[1], int(size[0]), int(size[1]))
     else:
-        input_shape = tuple(probe_input(cfg, model).shape[1:])
+        input_shape = tuple(probe.shape[1:])
     has_bn = any(isinstance(m, _BatchNorm) for m in model.modules())
     if not has_bn and not no_bn_loss:
         raise QuantizeInputError(
