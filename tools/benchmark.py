@@ -35,17 +35,10 @@ import mmddaq  # noqa: E402,F401
 from mmddaq.apis import (build_runner, ensure_fp_checkpoint,  # noqa: E402
                          load_config, run_test, train_and_test)
 from mmddaq.apis.baselines import DERIVED_METHODS, derive_method  # noqa: E402
-from mmddaq.datasets import ensure_shapes  # noqa: E402
+from mmddaq.datasets import SHAPES_TUNE_OPTIONS, ensure_shapes  # noqa
 
 DETECTION_METRICS = dict(bbox_mAP='coco/bbox_mAP',
                          bbox_mAP_50='coco/bbox_mAP_50')
-
-#: evaluate the shapes suites on their tune split instead of val
-SHAPES_TUNE = {
-    'test_dataloader.dataset.ann_file': 'annotations/instances_tune.json',
-    'test_dataloader.dataset.data_prefix.img': 'tune/',
-    'test_evaluator.ann_file': 'data/shapes/annotations/instances_tune.json',
-}
 
 SUITES = {
     'digits':
@@ -90,7 +83,7 @@ SUITES = {
         fp_work_dir='work_dirs/fp_retinanet_r18-w16_shapes',
         ddaq_config='configs/ddaq_retinanet_r18-w16_shapes_w4a4.py',
         metrics=DETECTION_METRICS,
-        tune_options=SHAPES_TUNE,
+        tune_options=SHAPES_TUNE_OPTIONS,
         methods={
             **{m: None for m in DERIVED_METHODS},  # derived from ddaq
             'ddaq-mixed':
@@ -105,7 +98,7 @@ SUITES = {
         fp_work_dir='work_dirs/fp_faster-rcnn_r18-w16_shapes',
         ddaq_config='configs/ddaq_faster-rcnn_r18-w16_shapes_w4a4.py',
         metrics=DETECTION_METRICS,
-        tune_options=SHAPES_TUNE,
+        tune_options=SHAPES_TUNE_OPTIONS,
         methods={
             **{m: None for m in DERIVED_METHODS},
             'ddaq-mixed':

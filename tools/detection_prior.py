@@ -17,10 +17,11 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import torch  # noqa: E402
 from mmengine.config import Config, DictAction  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
 
 import mmddaq  # noqa: E402,F401
 from mmddaq.export import load_quantized_model  # noqa: E402
+from mmddaq.generators.sources import (AlgorithmSamples,  # noqa: E402
+                                       GaussianSamples, RealSamples)
 from mmddaq.models.adapters.detector_base import \
     confident_anchor_share  # noqa: E402
 
@@ -54,23 +55,15 @@ def main(argv=None):
                                 args.cfg_options)
     torch.manual_seed(0)
     bs, n = args.batch_size, args.samples
-    sizes = [min(bs, n - s) for s in range(0, n, bs)]
     generated = []
     if algo.generator is not None:
         algo.generator.train()  # batch statistics, as it was trained
-        for k in sizes:
-            z, labels = algo.generator.sample_noise(k, algo.device_of())
-            generated.append(algo.generator(z, labels))
-    gaussian = [torch.randn(k, *algo.input_shape) for k in sizes]
+        generated = AlgorithmSamples()(algo, n, bs)
+    gaussian = GaussianSamples()(algo, n, bs)
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
-    real, count = [], 0
-    for data in Runner.build_dataloader(cfg.test_dataloader):
-        real.append(algo.data_preprocessor(data, False)['inputs'])
-        count += len(real[-1])
-        if count >= n:
-            break
+    real = RealSamples(cfg.test_dataloader)(algo, n, bs)
     result = dict(score_thr=args.score_thr, samples=n,
                   real=share(algo, real, args.score_thr),
                   gaussian=share(algo, gaussian, args.score_thr))

@@ -17,19 +17,14 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import torch  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
 
 import mmddaq  # noqa: E402,F401
 from mmddaq.apis import build_runner, load_config  # noqa: E402
 from mmddaq.apis.baselines import derive_method  # noqa: E402
+from mmddaq.datasets import SHAPES_TUNE_OPTIONS  # noqa: E402
 from mmddaq.engine.hooks.utils import algorithm_of  # noqa: E402
+from mmddaq.generators.sources import RealSamples  # noqa: E402
 from mmddaq.quantization.analysis import activation_error_by_call  # noqa
-
-SHAPES_TUNE = {
-    'test_dataloader.dataset.ann_file': 'annotations/instances_tune.json',
-    'test_dataloader.dataset.data_prefix.img': 'tune/',
-}
-
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -51,14 +46,8 @@ def measure(cfg, images, work_dir, name):
     runner = build_runner(derive_method(cfg, 'ptq'), work_dir, name)
     runner.train()  # calibration on Gaussian noise
     algo = algorithm_of(runner)
-    loader = Runner.build_dataloader(cfg.test_dataloader)
-    batches, count = [], 0
-    with torch.no_grad():
-        for data in loader:
-            batches.append(algo.data_preprocessor(data, False)['inputs'])
-            count += len(batches[-1])
-            if count >= images:
-                break
+    batches = RealSamples(cfg.test_dataloader)(
+        algo, images, cfg.test_dataloader.batch_size)
     return activation_error_by_call(algo.quantized, algo.adapter.forward,
                                     batches)
 
@@ -96,7 +85,7 @@ def main(argv=None):
     if args.checkpoint:
         opts['model.fp_checkpoint'] = args.checkpoint
     if args.split == 'tune':
-        opts.update(SHAPES_TUNE)
+        opts.update(SHAPES_TUNE_OPTIONS)
     rows = []
     for ranges, call_sites in (('shared', None), ('per-call', 'dense_heads')):
         cfg = load_config(args.config,

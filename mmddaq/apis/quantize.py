@@ -19,10 +19,10 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
-from mmengine.runner import Runner
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from mmddaq.generators.sources import RealSamples
 from mmddaq.quantization import check_bits, quantizable_layers
 from .baselines import DERIVED_METHODS, derive_method
 
@@ -141,15 +141,12 @@ def probe_input(cfg: Config, model: nn.Module) -> torch.Tensor:
             'set (point test_evaluator.ann_file / test_dataloader at it '
             'with --cfg-options)')
     try:
-        loader = Runner.build_dataloader(loader_cfg)
-        data = next(iter(loader))
-    except (FileNotFoundError, OSError) as e:
+        return RealSamples(loader_cfg)(model, 1, 1)[0]
+    except (FileNotFoundError, OSError, ValueError) as e:
         raise QuantizeInputError(
             f'the test data cannot be read: {e}. The FP and quantized models '
             'are evaluated on the config\'s test set (fix its data_root / '
             'ann_file with --cfg-options)') from e
-    with torch.no_grad():
-        return model.data_preprocessor(data, False)['inputs']
 
 
 def generator_for(input_shape: Sequence[int],

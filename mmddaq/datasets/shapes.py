@@ -43,6 +43,15 @@ SHAPES_FORMAT_VERSION = 1
 _NUM_COLOR_CANDIDATES = 8
 
 
+#: Config overrides that evaluate a shapes config on its ``tune`` split
+#: (where recipes are chosen) instead of ``val``.
+SHAPES_TUNE_OPTIONS = {
+    'test_dataloader.dataset.ann_file': 'annotations/instances_tune.json',
+    'test_dataloader.dataset.data_prefix.img': 'tune/',
+    'test_evaluator.ann_file': 'data/shapes/annotations/instances_tune.json',
+}
+
+
 def shapes_metainfo() -> dict:
     """Meta information of the shapes set for mmdet's ``CocoDataset``.
 

@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mmddaq.quantization.quantizers import CallSites
+
 #: Integer range of the ONNX 8-bit types, by signedness.
 INT8_RANGE = (-128, 127)
 UINT8_RANGE = (0, 255)
@@ -106,28 +108,11 @@ class QDQActivation(nn.Module):
                 f'grid=({self.qmin}, {self.qmax})')
 
 
-class QDQCallSites(nn.Module):
+class QDQCallSites(CallSites):
     """One :class:`QDQActivation` per call of a layer run several times per
     forward, used in turn (its own Q/DQ pair per call in the exported
-    graph). The owning head resets the turn at each forward.
-
-    Args:
-        sites (Sequence[QDQActivation]): The ranges, in call order.
+    graph); see :class:`~mmddaq.quantization.quantizers.CallSites`.
     """
-
-    def __init__(self, sites) -> None:
-        super().__init__()
-        self.sites = nn.ModuleList(sites)
-        self.next_site = 0
-
-    def reset_calls(self) -> None:
-        """The next call is the first of a forward."""
-        self.next_site = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        site = self.next_site % len(self.sites)
-        self.next_site = site + 1
-        return self.sites[site](x)
 
 
 class _QDQWeightMixin:

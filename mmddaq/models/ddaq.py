@@ -11,7 +11,8 @@ from mmengine.registry import MODELS as ROOT_MODELS
 from mmengine.runner import CheckpointLoader
 from torch import nn
 
-from mmddaq.importance import layer_of_each_bn, limit_span, tap_weights
+from mmddaq.importance import (layer_of_each_bn, limit_span,
+                               normalize_mean_one, tap_weights)
 from mmddaq.losses import BNStatisticsLoss, DiscrepancyLoss
 from mmddaq.quantization import (activation_quantizers, observation_disabled,
                                  quantized_layers)
@@ -224,8 +225,8 @@ class DDAQ(BaseModel):
                 self.fp_model, lambda: self.adapter.forward(self.fp_model, x),
                 list(self.layer_importance))
             self.bns_loss.set_layer_weights(
-                limit_span({bn: self.layer_importance[layer]
-                            for bn, layer in mapping.items()}, None))
+                normalize_mean_one({bn: self.layer_importance[layer]
+                                    for bn, layer in mapping.items()}))
 
     def device_of(self) -> torch.device:
         """The device of the quantized model's parameters."""

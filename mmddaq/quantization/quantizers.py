@@ -393,34 +393,23 @@ class ActivationQuantizer(nn.Module):
                 f'observer={type(self.observer).__name__}')
 
 
-@MODELS.register_module()
-class CallSiteQuantizer(nn.Module):
-    """One activation range per call site of a layer run several times per
-    forward.
+class CallSites(nn.Module):
+    """Modules used in turn, one per call within a forward.
 
-    A RetinaNet head conv is shared by all FPN levels, whose inputs differ
-    in scale by an order of magnitude: one range sized for the coarsest
-    level flattens the finest. This quantizer holds one
-    :class:`ActivationQuantizer` per call and uses them in turn; the
-    owning module resets the turn at the start of each forward (see
-    :func:`~mmddaq.quantization.model_quantizer.reset_call_sites`), and the
-    turn also wraps around after ``num_sites`` calls. Every site is an
-    ordinary activation quantizer, so calibration, freezing, observers,
-    LSQ steps and export treat each one as its own range.
+    The owning module resets the turn at the start of each forward (see
+    :func:`~mmddaq.quantization.model_quantizer.reset_call_sites`); the turn
+    also wraps around after the last site. ``forced_site`` (not saved) pins
+    one site, for a layer run on its own inputs call by call.
 
     Args:
-        num_sites (int): Calls per forward (e.g. the number of FPN levels).
-        **kwargs: Config of each site's :class:`ActivationQuantizer`.
+        sites (Iterable[nn.Module]): One module per call, in call order.
     """
 
-    def __init__(self, num_sites: int, **kwargs) -> None:
+    def __init__(self, sites) -> None:
         super().__init__()
-        if int(num_sites) < 1:
-            raise ValueError(f'num_sites must be >= 1, got {num_sites}')
-        self.sites = nn.ModuleList(
-            ActivationQuantizer(**kwargs) for _ in range(int(num_sites)))
-        # Not saved: the next call's site, and a site forced from outside
-        # (a layer reconstructed on its own inputs, call by call).
+        self.sites = nn.ModuleList(sites)
+        if not len(self.sites):
+            raise ValueError('CallSites needs at least one site')
         self.next_site = 0
         self.forced_site = None
 
@@ -429,25 +418,55 @@ class CallSiteQuantizer(nn.Module):
         """int: Number of call sites."""
         return len(self.sites)
 
+    def reset_calls(self) -> None:
+        """The next call is the first of a forward."""
+        self.next_site = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the current call's site on ``x``."""
+        if self.forced_site is not None:
+            return self.sites[self.forced_site](x)
+        site = self.next_site % len(self.sites)
+        self.next_site = site + 1
+        return self.sites[site](x)
+
+    def extra_repr(self) -> str:
+        return f'num_sites={self.num_sites}'
+
+
+@MODELS.register_module()
+class CallSiteQuantizer(CallSites):
+    """One activation range per call site of a layer run several times per
+    forward.
+
+    A RetinaNet head conv is shared by all FPN levels, whose inputs differ
+    in scale by an order of magnitude: one range sized for the coarsest
+    level flattens the finest. This quantizer holds one
+    :class:`ActivationQuantizer` per call and uses them in turn
+    (:class:`CallSites`). Every site is an ordinary activation quantizer,
+    so calibration, freezing, observers, LSQ steps and export treat each
+    one as its own range.
+
+    Args:
+        num_sites (int): Calls per forward (e.g. the number of FPN levels).
+        **kwargs: Config of each site's :class:`ActivationQuantizer`.
+    """
+
+    def __init__(self, num_sites: int, **kwargs) -> None:
+        if int(num_sites) < 1:
+            raise ValueError(f'num_sites must be >= 1, got {num_sites}')
+        super().__init__(
+            ActivationQuantizer(**kwargs) for _ in range(int(num_sites)))
+
     @property
     def bits(self) -> int:
         """int: Bit-width (the same for every site)."""
         return self.sites[0].bits
 
     @property
-    def symmetric(self) -> bool:
-        """bool: Symmetric grid."""
-        return self.sites[0].symmetric
-
-    @property
     def enabled(self) -> bool:
         """bool: False when the sites pass activations through."""
         return self.sites[0].enabled
-
-    @property
-    def calibrated(self) -> bool:
-        """bool: Whether every site has observed a batch."""
-        return all(s.calibrated for s in self.sites)
 
     @property
     def layer_name(self) -> str:
@@ -458,18 +477,3 @@ class CallSiteQuantizer(nn.Module):
     def layer_name(self, name: str) -> None:
         for k, site in enumerate(self.sites):
             site.layer_name = f'{name}@call {k}'
-
-    def reset_calls(self) -> None:
-        """The next call is the first of a forward."""
-        self.next_site = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Fake-quantize ``x`` with the range of the current call site."""
-        if self.forced_site is not None:
-            return self.sites[self.forced_site](x)
-        site = self.next_site % len(self.sites)
-        self.next_site = site + 1
-        return self.sites[site](x)
-
-    def extra_repr(self) -> str:
-        return f'num_sites={self.num_sites}'

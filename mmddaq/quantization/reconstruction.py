@@ -22,6 +22,7 @@ from .adaround import AdaRoundQuantizer, TemperatureDecay
 from .model_quantizer import (activation_quantizers, observation_disabled,
                               quantized_layers)
 from .modules import QUANT_MODULES
+from .quantizers import CallSites
 
 #: Residual blocks reconstructed as one unit (class names, any package).
 DEFAULT_BLOCK_TYPES = ('BasicBlock', 'Bottleneck', 'InvertedResidual')
@@ -98,11 +99,16 @@ def _run_both(fp_model, q_model, forward: Forward, batches, handles,
             h.remove()
 
 
+def _call_sites_in(unit: nn.Module) -> List[CallSites]:
+    return [m for m in unit.modules() if isinstance(m, CallSites)]
+
+
 @contextlib.contextmanager
-def call_site(unit: nn.Module, site: int):
-    """Within the block, per-call-site quantizers in ``unit`` use ``site``
-    (a unit run on its own inputs, outside the model's forward)."""
-    multi = [m for m in unit.modules() if hasattr(m, 'forced_site')]
+def call_site(unit: nn.Module, site: int, multi=None):
+    """Within the block, per-call-site quantizers in ``unit`` (or the given
+    ``multi`` list of them) use ``site`` (a unit run on its own inputs,
+    outside the model's forward)."""
+    multi = _call_sites_in(unit) if multi is None else multi
     for m in multi:
         m.forced_site = site % m.num_sites
     try:
@@ -112,8 +118,10 @@ def call_site(unit: nn.Module, site: int):
             m.forced_site = None
 
 
-def _run_unit(unit: nn.Module, x: torch.Tensor, site: int):
-    with call_site(unit, site):
+def _run_unit(unit: nn.Module, x: torch.Tensor, site: int, multi):
+    if not multi:  # nearly every unit: nothing to pin
+        return flatten_tensors(unit(x))
+    with call_site(unit, site, multi):
         return flatten_tensors(unit(x))
 
 
@@ -123,7 +131,6 @@ def _capture(fp_model, q_model, fp_unit, q_unit, forward: Forward,
     of every call of a unit."""
     q_inputs, fp_outputs, sites = [], [], []
     calls = [0]
-
 
     def grab_input(module, args):
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
@@ -154,9 +161,10 @@ def _capture(fp_model, q_model, fp_unit, q_unit, forward: Forward,
 def _output_error(unit: nn.Module, records) -> float:
     """Mean over records of the per-sample squared output error."""
     total, count = 0., 0
+    multi = _call_sites_in(unit)
     with torch.no_grad():
         for x, target, site in records:
-            out = _run_unit(unit, x, site)
+            out = _run_unit(unit, x, site, multi)
             total += float(_rec_loss(out, target)) * len(x)
             count += len(x)
     return total / max(count, 1)
@@ -339,11 +347,12 @@ class BlockReconstruction:
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=self.iters, eta_min=0.)
         decay = TemperatureDecay(self.iters, self.warmup, *self.beta)
+        multi = _call_sites_in(unit)
         for it in range(self.iters):
             x, target, site = records[int(torch.randint(len(records), ()))]
             idx = torch.randint(len(x), (min(self.batch_size, len(x)), ),
                                 device=x.device)
-            out = _run_unit(unit, x[idx], site)
+            out = _run_unit(unit, x[idx], site, multi)
             loss = _rec_loss(out, [t[idx] for t in target])
             beta = decay(it)
             if beta is not None and rounders:

@@ -140,6 +140,22 @@ def dense_kd(fp_scores: List[torch.Tensor], q_scores: List[torch.Tensor],
     return loss / len(fp_scores)
 
 
+def roi_kd(fp_cls: torch.Tensor, q_cls: torch.Tensor, fp_box: torch.Tensor,
+           q_box: torch.Tensor, box_weight: float,
+           weighting: str = 'uniform') -> torch.Tensor:
+    """KD of a RoI head's class scores (softmax) and box deltas.
+
+    Args:
+        weighting (str): ``'confidence'`` (see :func:`confident_roi_kd`)
+            or ``'uniform'`` (plain means over RoIs).
+        The other arguments are those of :func:`confident_roi_kd`.
+    """
+    if _check_weighting(weighting) == 'confidence':
+        return confident_roi_kd(fp_cls, q_cls, fp_box, q_box, box_weight)
+    return score_kd(fp_cls, q_cls, use_sigmoid=False) + \
+        box_weight * box_kd(fp_box, q_box)
+
+
 @torch.no_grad()
 def confident_anchor_share(cls_scores: List[torch.Tensor],
                            score_thr: float = 0.05) -> float:

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from mmddaq.registry import MODELS
-from .detector_base import (DetectorAdapterBase, box_kd, confident_roi_kd,
-                            dense_kd, score_kd, synthetic_img_metas)
+from .detector_base import (DetectorAdapterBase, dense_kd, roi_kd,
+                            synthetic_img_metas)
 
 
 @MODELS.register_module()
@@ -80,12 +80,6 @@ class TwoStageDetectorAdapter(DetectorAdapterBase):
         if q_out['cls_score'].numel() == 0:
             # no proposal survived: the RoI head has nothing to distil
             return rpn
-        if self.kd_weighting == 'uniform':
-            roi = score_kd(fp_out['cls_score'], q_out['cls_score'],
-                           use_sigmoid=False)
-            return rpn + roi + self.box_weight * box_kd(
-                fp_out['bbox_pred'], q_out['bbox_pred'])
-        return rpn + confident_roi_kd(fp_out['cls_score'],
-                                      q_out['cls_score'],
-                                      fp_out['bbox_pred'],
-                                      q_out['bbox_pred'], self.box_weight)
+        return rpn + roi_kd(fp_out['cls_score'], q_out['cls_score'],
+                            fp_out['bbox_pred'], q_out['bbox_pred'],
+                            self.box_weight, self.kd_weighting)
