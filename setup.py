@@ -14,6 +14,11 @@ setup(
     long_description=readme(),
     long_description_content_type='text/markdown',
     packages=find_packages(exclude=('tests', 'tools', 'configs')),
+    # configs ship inside the package (mmddaq/.mim/configs links to
+    # configs/), like mmdet's, for the `mmddaq::` config scope
+    package_data={
+        'mmddaq': ['.mim/model-index.yml', '.mim/configs/**/*.py']
+    },
     python_requires='>=3.11',
     install_requires=[
         'torch==2.14.1',

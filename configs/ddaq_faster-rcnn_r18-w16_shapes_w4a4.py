@@ -6,8 +6,10 @@
 # The RoI head of both models runs on the FP model's proposals.
 _base_ = [
     './_base_/ddaq_shapes_detection.py',
+    './_base_/datasets/shapes_detection.py',
     './_base_/models/faster-rcnn_r18-w16_shapes.py',
 ]
+train_dataloader = None  # data-free: the generator makes every batch
 model = dict(
     _delete_=True,
     type='mmddaq.DDAQ',

@@ -5,8 +5,10 @@
 #   python tools/train.py configs/ddaq_retinanet_r18-w16_shapes_w4a4.py
 _base_ = [
     './_base_/ddaq_shapes_detection.py',
+    './_base_/datasets/shapes_detection.py',
     './_base_/models/retinanet_r18-w16_shapes.py',
 ]
+train_dataloader = None  # data-free: the generator makes every batch
 model = dict(
     _delete_=True,
     type='mmddaq.DDAQ',

@@ -180,8 +180,22 @@ def test_classifier_end_to_end_and_rerun_with_train(classifier, tmp_path):
 def test_detectors_end_to_end(kind, shapes_root, tmp_path):
     config, ckpt = detector(tmp_path, shapes_root, kind)
     work = str(tmp_path / 'q')
-    tool('quantize').main([config, ckpt, '--work-dir', work, *FAST])
+    tool('quantize').main([config, ckpt, '--work-dir', work, '--export',
+                           '--show-data', *FAST])
     report = check_report(work, 'coco/bbox_mAP')
+    export = report['export']
+    if kind == 'retinanet':
+        # the graph's outputs through mmdet's own decoding, NMS and metric
+        for options in ('default_metrics', 'recommended_metrics'):
+            assert 0. <= export[options]['coco/bbox_mAP'] <= 1.
+        assert abs(export['recommended_metrics']['coco/bbox_mAP'] -
+                   report['quantized_metrics']['coco/bbox_mAP']) < 0.05
+    else:  # the RoI head runs outside the graph: said, not faked
+        assert 'RoI head' in export['metrics_not_measured']
+    # real test images are shown only because --show-data asked for them
+    from PIL import Image
+    # two panels (synthetic, real) instead of one
+    assert Image.open(osp.join(work, 'samples.png')).size[1] > 400
     assert report['task'] == ('one_stage' if kind == 'retinanet'
                               else 'two_stage')
     assert report['input_shape'] == [3, 64, 64]
@@ -208,7 +222,15 @@ def test_ptq_method(classifier, tmp_path):
     # model; its default bias rounding may move the outputs a little
     assert export['recommended_max_over_range'] < 0.02
     assert export['default_max_over_range'] < 0.15
+    # the test metric through onnxruntime: the recommended session agrees
+    # with the PyTorch fake-quant model up to a few ties
+    top1 = report['quantized_metrics']['accuracy/top1']
+    assert abs(export['recommended_metrics']['accuracy/top1'] - top1) <= 1.
+    assert abs(export['default_metrics']['accuracy/top1'] - top1) <= 10.
     assert 'onnxruntime' in open(osp.join(work, 'report.md')).read()
+    # synthetic samples only (no --show-data): one panel
+    from PIL import Image
+    assert Image.open(osp.join(work, 'samples.png')).size[1] < 400
     cfg = Config.fromfile(osp.join(work, 'generated', 'quantize_config.py'))
     assert cfg.model.generator is None
 

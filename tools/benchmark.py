@@ -35,7 +35,9 @@ import mmddaq  # noqa: E402,F401
 from mmddaq.apis import (build_runner, ensure_fp_checkpoint,  # noqa: E402
                          load_config, run_test, train_and_test)
 from mmddaq.apis.baselines import DERIVED_METHODS, derive_method  # noqa: E402
-from mmddaq.datasets import SHAPES_TUNE_OPTIONS, ensure_shapes  # noqa
+from mmddaq.datasets import (SHAPES_TUNE_OPTIONS, ensure_patches,  # noqa
+                             ensure_shapes, ensure_small_shapes,
+                             tune_options)
 
 DETECTION_METRICS = dict(bbox_mAP='coco/bbox_mAP',
                          bbox_mAP_50='coco/bbox_mAP_50')
@@ -106,7 +108,23 @@ SUITES = {
         },
         methods_8bit=('ptq', 'zeroq', 'ddaq'),
         data='shapes'),
+    # trained like real mmdet detectors: pretrained backbone, frozen BN
+    'frozenbn-retinanet':
+    dict(
+        model='retinanet-r18-w16-frozenbn',
+        pretrain=('configs/fp_resnet18-w16_patches.py',
+                  'work_dirs/fp_resnet18-w16_patches'),
+        fp_config='configs/fp_retinanet_r18-w16_frozenbn.py',
+        fp_work_dir='work_dirs/fp_retinanet_r18-w16_frozenbn',
+        ddaq_config='configs/ddaq_retinanet_r18-w16_frozenbn_w4a4.py',
+        metrics=DETECTION_METRICS,
+        tune_options=tune_options('data/shapes_small'),
+        methods={m: None for m in DERIVED_METHODS},
+        methods_8bit=('ptq', 'ptq-mse', 'zeroq', 'ddaq'),
+        data='shapes-small'),
 }
+#: what each suite's ``data`` needs generated first
+DATA = {'shapes': ensure_shapes, 'shapes-small': ensure_small_shapes}
 METHOD_ORDER = ('fp', 'ptq', 'ptq-mse', 'zeroq', 'gdfq', 'genie', 'qat',
                 'qdrop-real', 'ddaq-kd', 'ddaq', 'ddaq-no-d1', 'ddaq-no-d2',
                 'ddaq-uniform', 'ddaq-mixed')
@@ -129,6 +147,9 @@ def parse_args(argv=None):
                    default=list(METHOD_ORDER))
     p.add_argument('--bits', nargs='+', type=int, default=[8, 4, 3],
                    help='WxAx settings (8 only for the 8-bit methods)')
+    p.add_argument('--a-bits', type=int, default=None,
+                   help='activation bits of every run (default: as --bits; '
+                   'W8A4 / W4A8 rows show which side breaks)')
     p.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
     p.add_argument('--iters', type=int, default=None,
                    help='override max_iters of training methods')
@@ -148,6 +169,9 @@ def parse_args(argv=None):
                    'heads costs')
     p.add_argument('--repeats', type=int, default=10,
                    help='timed repeats per measurement of the speed suite')
+    p.add_argument('--random-weights', action='store_true',
+                   help='speed suite: time randomly initialised models '
+                   'instead of training the FP models first (same cost)')
     p.add_argument('--device', default='cpu',
                    help='device of the speed suite (cpu or cuda)')
     p.add_argument('--models', nargs='+', choices=sorted(SUITES),
@@ -221,6 +245,26 @@ def suite_from_config(args):
         methods_8bit=('ptq', 'zeroq', 'ddaq'))
 
 
+def prepare_suite(suite) -> str:
+    """Generate a suite's data and train what it needs (its pretrained
+    backbone, its FP model) unless done.
+
+    Args:
+        suite (dict): A suite of :data:`SUITES`.
+
+    Returns:
+        str: The FP checkpoint.
+    """
+    if suite.get('data'):
+        DATA[suite['data']]()
+    if suite.get('fp_checkpoint'):
+        return suite['fp_checkpoint']
+    if suite.get('pretrain'):
+        ensure_patches()
+        ensure_fp_checkpoint(*suite['pretrain'])
+    return ensure_fp_checkpoint(suite['fp_config'], suite['fp_work_dir'])
+
+
 def method_config(suite, method, options):
     """The config of ``method`` in ``suite`` with ``options`` merged."""
     path = suite['methods'][method]
@@ -244,10 +288,8 @@ def run_speed(args):
         if any(r['suite'] == 'speed' and r['model'] == suite['model']
                and r.get('device', 'cpu') == args.device for r in rows):
             continue
-        if suite.get('data') == 'shapes':
-            ensure_shapes()
-        fp_ckpt = ensure_fp_checkpoint(suite['fp_config'],
-                                       suite['fp_work_dir'])
+        # timing needs no trained weights (--random-weights skips training)
+        fp_ckpt = None if args.random_weights else prepare_suite(suite)
         cfg = load_config(suite['ddaq_config'],
                           {'model.fp_checkpoint': fp_ckpt})
         start = time.perf_counter()
@@ -282,10 +324,12 @@ def heads_at_a8(cfg) -> None:
         dict(pattern=f'{h}.*', a_bits=8) for h in heads]
 
 
-def _done(rows, suite, method, bits, seed, split='test'):
+def _done(rows, suite, method, bits, seed, split='test', a_bits=None):
+    a_bits = bits if a_bits is None else a_bits
     return any(r['suite'] == suite and r['method'] == method
-               and r['w_bits'] == bits and r['seed'] == seed
-               and r.get('split', 'test') == split for r in rows)
+               and r['w_bits'] == bits and r['a_bits'] == a_bits
+               and r['seed'] == seed and r.get('split', 'test') == split
+               for r in rows)
 
 
 def _parse_options(pairs):
@@ -318,25 +362,23 @@ def run_suite(args):
         name, suite = suite_from_config(args)
     else:
         name, suite = args.suite, SUITES[args.suite]
-    if suite.get('data') == 'shapes':
-        ensure_shapes()
     rows = _load_rows(args.out)
-    fp_ckpt = suite.get('fp_checkpoint') or ensure_fp_checkpoint(
-        suite['fp_config'], suite['fp_work_dir'])
+    fp_ckpt = prepare_suite(suite)
 
     split_opts = _split_options(suite, args.split)
     user_opts = _parse_options(args.cfg_options)
 
-    def add(method, bits, seed, metrics, seconds):
+    def add(method, bits, seed, metrics, seconds, a_bits=None):
+        a_bits = bits if a_bits is None else a_bits
         for metric, key in suite['metrics'].items():
             value = metrics[key]
             row = dict(suite=name, model=suite['model'], method=method,
-                       w_bits=bits, a_bits=bits, seed=seed, metric=metric,
+                       w_bits=bits, a_bits=a_bits, seed=seed, metric=metric,
                        value=value, seconds=round(seconds, 2))
             if args.split != 'test':
                 row['split'] = args.split
             rows.append(row)
-            print(f'[benchmark] {name} {method} W{bits}A{bits} seed {seed}: '
+            print(f'[benchmark] {name} {method} W{bits}A{a_bits} seed {seed}: '
                   f'{metric} = {value:.4f} ({seconds:.0f} s)', flush=True)
         _save_rows(args.out, rows)
 
@@ -361,13 +403,14 @@ def run_suite(args):
                 continue
             label = method + args.tag + ('-heads-a8' if args.heads_a8
                                           else '')
+            a_bits = args.a_bits or bits
             for seed in args.seeds:
-                if _done(rows, name, label, bits, seed, args.split):
+                if _done(rows, name, label, bits, seed, args.split, a_bits):
                     continue
                 opts = {
                     'model.fp_checkpoint': fp_ckpt,
                     'model.quantizer.w_bits': bits,
-                    'model.quantizer.a_bits': bits,
+                    'model.quantizer.a_bits': a_bits,
                     'randomness.seed': seed,
                     **split_opts,
                 }
@@ -385,22 +428,29 @@ def run_suite(args):
                     tc.val_interval = args.iters
                     if generator_only:
                         tc.warmup_iters = args.iters
-                run = f'{label}_w{bits}a{bits}_s{seed}' + (
+                run = f'{label}_w{bits}a{a_bits}_s{seed}' + (
                     '' if args.split == 'test' else f'_{args.split}')
                 m = train_and_test(cfg, osp.join(args.work_root, name, run),
                                    run)
-                add(label, bits, seed, m, m['seconds'])
+                add(label, bits, seed, m, m['seconds'], a_bits)
 
     return rows
 
 
 def summarise(rows):
-    """Group rows: (suite, method, bits, metric) -> (mean, std, n)."""
+    """Group rows: (suite, method, bits, metric) -> (mean, std, n).
+
+    ``bits`` are the weight bits; a row whose activation bits differ has
+    them in its method name (``"ptq @A8"`` in the W4 column is W4A8).
+    """
     groups = {}
     for r in rows:
         suite = r['suite'] if r.get('split', 'test') == 'test' \
             else f"{r['suite']} [{r['split']} split]"
-        key = (suite, r['method'], r['w_bits'], r['metric'])
+        method = r['method']
+        if r.get('a_bits', r['w_bits']) != r['w_bits']:
+            method = f"{method} @A{r['a_bits']}"
+        key = (suite, method, r['w_bits'], r['metric'])
         groups.setdefault(key, []).append(r['value'])
     out = {}
     for key, values in groups.items():

@@ -1,7 +1,15 @@
-"""Write the offline "shapes" COCO detection set (train and val splits).
+"""Write the offline "shapes" COCO detection set (train, val, tune splits).
 
     python tools/make_shapes.py [--out data/shapes] [--num-train 800]
-                                [--num-val 200] [--img-size 128] [--force]
+                                [--num-val 200] [--num-tune 200]
+                                [--img-size 128] [--force]
+    python tools/make_shapes.py --preset small     # data/shapes_small
+    python tools/make_shapes.py --preset patches   # data/patches
+
+``--preset small`` writes the harder set of the frozen-BN testbeds (10
+classes, 8-24 px objects) and ``--preset patches`` the photo-patch
+classification set that pretrains their backbone, each with its fixed
+settings.
 
 A split is skipped when its annotation file exists, was written with the
 same arguments and lists the requested number of images (all present);
@@ -15,7 +23,9 @@ from collections import Counter
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from mmddaq.datasets.shapes import (SHAPES_CLASSES,  # noqa: E402
+from mmddaq.datasets.patches import ensure_patches  # noqa: E402
+from mmddaq.datasets.shapes import (SMALL_SHAPES,  # noqa: E402
+                                    SMALL_SHAPES_ROOT, SMALL_SHAPES_SPLITS,
                                     generate_shapes, is_generated,
                                     shapes_ann_file)
 
@@ -30,9 +40,15 @@ def parse_args(argv=None):
         argparse.Namespace: The parsed arguments.
     """
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument(
+        '--preset', choices=('shapes', 'small', 'patches'), default='shapes',
+        help='which set: the shapes testbeds\' (default, the options below '
+        'apply), the frozen-BN testbeds\' small shapes, or their pretraining '
+        'patches (fixed settings)')
     parser.add_argument('--out', default='data/shapes', help='output root')
     parser.add_argument('--num-train', type=int, default=800)
     parser.add_argument('--num-val', type=int, default=200)
+    parser.add_argument('--num-tune', type=int, default=200)
     parser.add_argument('--img-size', type=int, default=128)
     parser.add_argument(
         '--max-objects', type=int, default=4, help='most objects per image')
@@ -52,8 +68,8 @@ def describe(coco: dict) -> str:
     """
     num_images = len(coco['images'])
     counts = Counter(ann['category_id'] for ann in coco['annotations'])
-    per_class = ', '.join(f'{name} {counts[i + 1]}'
-                          for i, name in enumerate(SHAPES_CLASSES))
+    per_class = ', '.join(f'{cat["name"]} {counts[cat["id"]]}'
+                          for cat in coco['categories'])
     num_objects = len(coco['annotations'])
     return (f'{num_images} images, {num_objects} objects '
             f'({num_objects / max(num_images, 1):.2f}/image: {per_class})')
@@ -84,7 +100,16 @@ def make_split(out: str, split: str, num_images: int, force: bool,
 
 def main(argv=None):
     args = parse_args(argv)
-    for split, num in (('train', args.num_train), ('val', args.num_val)):
+    if args.preset == 'patches':
+        ensure_patches(logger=print)
+        return
+    if args.preset == 'small':
+        for split, num in SMALL_SHAPES_SPLITS.items():
+            make_split(SMALL_SHAPES_ROOT, split, num, args.force,
+                       **SMALL_SHAPES)
+        return
+    for split, num in (('train', args.num_train), ('val', args.num_val),
+                       ('tune', args.num_tune)):
         make_split(
             args.out,
             split,

@@ -2,7 +2,7 @@
 
     python tools/quantize.py CONFIG CHECKPOINT [--method ddaq]
         [--w-bits 4 --a-bits 4] [--first-last-bits 8] [--iters N]
-        [--batch-size B] [--work-dir DIR] [--export]
+        [--batch-size B] [--work-dir DIR] [--export] [--show-data]
         [--cfg-options KEY=VALUE ...] [--launcher pytorch]
     bash tools/dist_quantize.sh CONFIG CHECKPOINT GPUS [options]
 
@@ -13,8 +13,11 @@ layers (kept at --first-last-bits) and the generator size; it writes the
 complete generated config to WORK_DIR/generated/quantize_config.py (it
 inherits CONFIG by path: rerun or edit it with tools/train.py), runs it, evaluates
 the FP and the quantized model with the config's test evaluator and writes
-WORK_DIR/report.json, report.md and layer_bits.png. Training reads no data:
-the test set is used for evaluation only.
+WORK_DIR/report.json, report.md, layer_bits.png and samples.png (synthetic
+calibration inputs; real test images beside them only with --show-data).
+--export adds WORK_DIR/model.onnx and the test metric measured through
+onnxruntime, with its default session options and with the recommended
+ones. Training reads no data: the test set is used for evaluation only.
 """
 import argparse
 import os.path as osp
@@ -61,6 +64,10 @@ def parse_args(argv=None):
                    'checkpoint')
     p.add_argument('--export', action='store_true',
                    help='also export to ONNX and check it in onnxruntime')
+    p.add_argument('--show-data', action='store_true',
+                   help='put real test images next to the synthetic ones '
+                   'in samples.png (off by default: the report may travel '
+                   'where the data may not)')
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
                    help='overrides of the user config (e.g. data paths)')
     add_launcher_args(p)
@@ -90,7 +97,8 @@ def main(argv=None):
           f'first/last layers {plan["first_last_layers"]}; config: {config}',
           flush=True)
     report = run_quantization(plan, config, work_dir, args.method,
-                              args.resume, args.export, args.launcher)
+                              args.resume, args.export, args.launcher,
+                              args.show_data)
     for key, fp in report['fp_metrics'].items():
         print(f'[quantize] {key}: FP {fp:.4f} -> quantized '
               f'{report["quantized_metrics"].get(key, float("nan")):.4f}')

@@ -1,18 +1,12 @@
-# Data-free quantization of a small detector of the offline shapes testbed,
-# evaluated on the shapes val split (the train split is never read). Child
-# configs add a model base from ./models/ and build
+# Data-free quantization of a small detector of the offline shapes testbeds,
+# evaluated on a val split (the train split is never read). Child configs add
+# a dataset base from ./datasets/ and a model base from ./models/, set
+# `train_dataloader = None` (data-free: the generator makes every batch) and
+# build
 # model = dict(type='mmddaq.DDAQ', architecture={{_base_.model}}, ...) from
 # the shared pieces below. A few CPU minutes per run.
-_base_ = [
-    './datasets/shapes_detection.py',
-    'mmdet::_base_/default_runtime.py',
-]
-custom_imports = dict(imports=['mmddaq'], allow_failed_imports=False)
-runner_type = 'mmddaq.DataFreeRunner'
-# Distributed runs: generator and quantized model train data-parallel; each
-# rank draws its own noise.
-model_wrapper_cfg = dict(type='mmddaq.DDAQDataParallel')
-randomness = dict(seed=0, diff_rank_seed=True)
+_base_ = './ddaq_detection.py'  # the data-free schedule; what differs:
+randomness = dict(seed=0)
 
 # generated images: the detector's normalised input space, 128x128
 input_shape = (3, 128, 128)
@@ -21,7 +15,6 @@ generator = dict(
     base_channels=64, num_upsamples=4)
 loss_weights = dict(ce=0., bns=1.0, dis=1.0, kd=1.0, q_dis=1.0)
 
-train_dataloader = None  # data-free: the generator makes every batch
 # The generator alone is trained (D1 + D2, importance-weighted); block
 # reconstruction on its samples then refines the quantized model (the digits
 # tune split's choice; configs derived with `ddaq-kd` fine-tune with KD).
@@ -31,25 +24,12 @@ train_cfg = dict(
     batch_size=8,
     warmup_iters=400,
     val_interval=200)
-val_cfg = dict(type='ValLoop')
-test_cfg = dict(type='TestLoop')
 optim_wrapper = dict(
-    constructor='mmddaq.SubmoduleOptimWrapperConstructor',
-    generator=dict(optimizer=dict(type='Adam', lr=1e-3, betas=(0.5, 0.999))),
     quantized=dict(
-        optimizer=dict(type='SGD', lr=1e-4, momentum=0.9, nesterov=True,
-                       weight_decay=1e-4),
-        clip_grad=dict(max_norm=10, norm_type=2)))
-log_processor = dict(by_epoch=False)
+        optimizer=dict(_delete_=True, type='SGD', lr=1e-4, momentum=0.9,
+                       nesterov=True, weight_decay=1e-4)))
 default_hooks = dict(
-    logger=dict(type='LoggerHook', interval=20),
-    # atomic writes; refuses NaN/Inf states (mmddaq/engine/hooks)
-    checkpoint=dict(type='mmddaq.SafeCheckpointHook', by_epoch=False,
-                    interval=100000, save_last=True, max_keep_ckpts=2),
-    # random state in checkpoints: a resumed run repeats the same noise
-    random_state=dict(type='mmddaq.RandomStateHook'),
-    # missing validation images fail before training, not at validation
-    eval_data=dict(type='mmddaq.EvalDataCheckHook'))
+    logger=dict(interval=20), checkpoint=dict(interval=100000))
 # After training: 128 generator samples, MSE ranges, block reconstruction
 # (the recipe chosen on the digits tune split; fewer steps per block on a
 # detector's ~40 units to stay within CPU minutes).

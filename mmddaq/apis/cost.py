@@ -12,9 +12,9 @@ Three ratios, each the median of several repeats measured in one process
   FP training step needs, each measured from before its model is built to
   the peak of its steps (CPU: peak resident set size; CUDA: peak allocated).
 
-The FP step back-propagates the mean square of every output the task
-adapter exposes (logits; dense or RPN/RoI head maps), so classifiers and
-detectors are timed alike without labels or boxes.
+The FP step is the model's real training step: its own ``loss`` (mmdet's
+detection losses with target assignment, mmpretrain's cross-entropy) on
+random targets (labels; three boxes per image), backward and an SGD step.
 """
 import multiprocessing
 import os
@@ -28,7 +28,6 @@ from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import MODELS, OPTIM_WRAPPERS, init_default_scope
 
-from mmddaq.utils.nested import flatten_tensors
 
 
 def _sync(device) -> None:
@@ -71,6 +70,51 @@ def _calibrated(model, optim, plan) -> None:
     freeze_activations(model.quantized)
 
 
+def random_targets(model, x: torch.Tensor, num_boxes: int = 3,
+                   seed: int = 0) -> list:
+    """Data samples with random targets for ``model.loss(x, samples)``.
+
+    Args:
+        model (nn.Module): An mmdet detector (``extract_feat``) or an
+            mmpretrain classifier.
+        x (Tensor): The ``(N, C, H, W)`` batch.
+        num_boxes (int): Boxes per image of a detector. Defaults to 3.
+        seed (int): Seed of the targets. Defaults to 0.
+
+    Returns:
+        list: One ``DetDataSample`` (boxes, labels, image meta) or
+        ``DataSample`` (label) per image.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    n, _, h, w = x.shape
+    if hasattr(model, 'bbox_head') or hasattr(model, 'rpn_head'):
+        from mmdet.structures import DetDataSample
+        from mmengine.structures import InstanceData
+        head = getattr(model, 'roi_head', None)
+        head = head.bbox_head if head is not None else model.bbox_head
+        num_classes = head.num_classes
+        samples = []
+        for _ in range(n):
+            xy = torch.rand(num_boxes, 2, generator=gen) * torch.tensor(
+                [w * 0.7, h * 0.7])
+            wh = (0.05 + 0.25 * torch.rand(num_boxes, 2, generator=gen)) * \
+                torch.tensor([w, h])
+            gt = InstanceData(
+                bboxes=torch.cat([xy, xy + wh], 1).to(x.device),
+                labels=torch.randint(num_classes, (num_boxes, ),
+                                     generator=gen).to(x.device))
+            sample = DetDataSample(metainfo=dict(
+                img_shape=(h, w), pad_shape=(h, w), ori_shape=(h, w),
+                batch_input_shape=(h, w), scale_factor=(1., 1.)))
+            sample.gt_instances = gt
+            samples.append(sample)
+        return samples
+    from mmpretrain.structures import DataSample
+    num_classes = model.head.num_classes
+    return [DataSample().set_gt_label(int(c))
+            for c in torch.randint(num_classes, (n, ), generator=gen)]
+
+
 def _fp_step_fn(model, batch_size: int, device='cpu') -> Callable:
     """An FP training step of ``model.fp_model`` (see module docstring)."""
     fp = model.fp_model
@@ -82,11 +126,10 @@ def _fp_step_fn(model, batch_size: int, device='cpu') -> Callable:
         dict(type='OptimWrapper',
              optimizer=torch.optim.SGD(params, lr=1e-6, momentum=0.9)))
     x = torch.randn(batch_size, *model.input_shape, device=device)
+    samples = random_targets(fp, x)
 
     def fp_step():
-        outs = flatten_tensors(model.adapter.forward(fp, x))
-        loss = sum(o.float().pow(2).mean() for o in outs
-                   if o.is_floating_point())
+        loss, _ = fp.parse_losses(fp.loss(x, samples))
         sgd.update_params(loss)
 
     return fp_step

@@ -452,6 +452,48 @@ def plot_layers(bits: Dict[str, List[int]], importance: Dict[str, float],
     plt.close(fig)
 
 
+def save_samples(algorithm, cfg: Config, path: str, show_data: bool = False,
+                 num: int = 16) -> None:
+    """Picture of the inputs the quantized model was calibrated on.
+
+    The top panel shows ``num`` synthetic inputs (the generator's, or the
+    sample source's when there is no generator); real test images are
+    shown below them only when ``show_data`` (a report may leave the site
+    where the data must stay).
+
+    Args:
+        algorithm (DDAQ): The trained algorithm.
+        cfg (Config): The run's config (its test dataloader for real
+            images).
+        path (str): The PNG to write.
+        show_data (bool): Add real test images. Defaults to False.
+        num (int): Images per panel. Defaults to 16.
+    """
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    from mmddaq.engine.hooks.samples_hook import to_display
+    pre = algorithm.data_preprocessor
+    mean = getattr(pre, 'mean', torch.zeros(3)).flatten().tolist()
+    std = getattr(pre, 'std', torch.ones(3)).flatten().tolist()
+    panels = [('synthetic calibration inputs', algorithm.generate(num))]
+    if show_data:
+        real = RealSamples(cfg.test_dataloader)(algorithm, num, num)[0]
+        panels.append(('real test images (--show-data)', real))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.6 * len(panels)),
+                             squeeze=False)
+    for ax, (title, images) in zip(axes[:, 0], panels):
+        if images.shape[1] != 3:
+            images = images[:, :1].repeat(1, 3, 1, 1)
+        ax.imshow(to_display(images.float(), mean, std))
+        ax.set_title(title, fontsize=9)
+        ax.axis('off')
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def report_markdown(report: dict) -> str:
     """A human-readable report."""
     lines = [f'# Quantization report: {osp.basename(report["config"])}', '',
@@ -475,6 +517,18 @@ def report_markdown(report: dict) -> str:
                   f' (default session options), '
                   f'{ex["recommended_max_over_range"]:.4f} (recommended: '
                   'bias kept in float)']
+        if 'default_metrics' in ex:
+            lines += ['', '| metric | PyTorch fake-quant | onnxruntime '
+                      '(default options) | onnxruntime (recommended) |',
+                      '|---|---|---|---|']
+            for key, value in ex['default_metrics'].items():
+                q = report['quantized_metrics'].get(key, float('nan'))
+                rec = ex['recommended_metrics'].get(key, float('nan'))
+                lines.append(f'| {key} | {q:.4f} | {value:.4f} | '
+                             f'{rec:.4f} |')
+        else:
+            lines.append('Test metric through onnxruntime not measured: '
+                         f'{ex["metrics_not_measured"]}.')
     lines += ['', '| layer | w_bits | a_bits | importance |',
               '|---|---|---|---|']
     for name, (w, a) in report['layer_bits'].items():
@@ -484,11 +538,18 @@ def report_markdown(report: dict) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def run_quantization(plan: dict, config_path: str, work_dir: str,
-                     method: str = 'ddaq', resume: bool = False,
-                     export: bool = False, launcher: str = 'none') -> dict:
+def run_quantization(plan: dict,
+                     config_path: str,
+                     work_dir: str,
+                     method: str = 'ddaq',
+                     resume: bool = False,
+                     export: bool = False,
+                     launcher: str = 'none',
+                     show_data: bool = False) -> dict:
     """Evaluate the FP model, run the generated config, evaluate the
-    quantized model, write ``report.json``/``report.md`` and pictures.
+    quantized model, write ``report.json``/``report.md`` and pictures
+    (``layer_bits.png``; ``samples.png``, with real test images only when
+    ``show_data``).
 
     Returns:
         dict: The report.
@@ -528,6 +589,7 @@ def run_quantization(plan: dict, config_path: str, work_dir: str,
         report['export'] = _export(config_path, checkpoint, work_dir)
     plot_layers(report['layer_bits'], report['layer_importance'],
                 osp.join(work_dir, 'layer_bits.png'))
+    save_samples(algo, cfg, osp.join(work_dir, 'samples.png'), show_data)
     with open(osp.join(work_dir, REPORT_JSON), 'w') as f:
         json.dump(report, f, indent=1)
     with open(osp.join(work_dir, 'report.md'), 'w') as f:
@@ -536,15 +598,27 @@ def run_quantization(plan: dict, config_path: str, work_dir: str,
 
 
 def _export(config_path: str, checkpoint: str, work_dir: str) -> dict:
-    from mmddaq.export import export_checkpoint
+    """Export the quantized model, compare onnxruntime's outputs with
+    PyTorch's and measure the test metric through onnxruntime, with its
+    default session options and with the recommended ones."""
+    from mmddaq.export import export_checkpoint, load_quantized_model
+    from mmddaq.export.evaluate import evaluate_onnx
     out = osp.join(work_dir, 'model.onnx')
     result = export_checkpoint(config_path, checkpoint, out, overwrite=True)
-    return dict(
+    report = dict(
         onnx=out,
         default_max_over_range=float(
             result['verification']['max_abs_diff_over_range']),
         recommended_max_over_range=float(
             result['verification_float_bias']['max_abs_diff_over_range']))
+    model = load_quantized_model(config_path, checkpoint).quantized
+    cfg = Config.fromfile(config_path)
+    try:
+        report['default_metrics'] = evaluate_onnx(cfg, model, out, True)
+        report['recommended_metrics'] = evaluate_onnx(cfg, model, out, False)
+    except NotImplementedError as e:
+        report['metrics_not_measured'] = str(e)
+    return report
 
 
 __all__ = [

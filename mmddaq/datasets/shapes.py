@@ -22,9 +22,19 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 SHAPES_CLASSES = ('circle', 'square', 'triangle', 'star', 'cross')
+#: every class the generator can paint; a set with ``num_classes=n`` uses
+#: the first ``n`` (the default 5 are :data:`SHAPES_CLASSES`)
+ALL_SHAPES_CLASSES = SHAPES_CLASSES + ('hexagon', 'ring', 'half_disc',
+                                       'arrow', 'ell')
 #: visualization colours of the classes (RGB)
 SHAPES_PALETTE = [(220, 20, 60), (0, 130, 200), (60, 180, 75), (255, 180, 0),
-                  (145, 30, 180)]
+                  (145, 30, 180), (70, 240, 240), (240, 50, 230),
+                  (210, 245, 60), (0, 128, 128), (170, 110, 40)]
+
+#: Generation settings of the harder "small shapes" set of the frozen-BN
+#: detection testbeds: twice the classes, objects of 8-24 px, 2-8 per image.
+SMALL_SHAPES = dict(num_classes=10, min_objects=2, max_objects=8,
+                    min_size=8, max_size=24)
 
 #: Lossless (PNG) photographs bundled in the scikit-image package itself, so
 #: they load offline and decode to the same pixels everywhere. The JPEG ones
@@ -43,22 +53,39 @@ SHAPES_FORMAT_VERSION = 1
 _NUM_COLOR_CANDIDATES = 8
 
 
-#: Config overrides that evaluate a shapes config on its ``tune`` split
-#: (where recipes are chosen) instead of ``val``.
-SHAPES_TUNE_OPTIONS = {
-    'test_dataloader.dataset.ann_file': 'annotations/instances_tune.json',
-    'test_dataloader.dataset.data_prefix.img': 'tune/',
-    'test_evaluator.ann_file': 'data/shapes/annotations/instances_tune.json',
-}
+def tune_options(data_root: str = 'data/shapes') -> dict:
+    """Config overrides that evaluate a shapes config on its ``tune`` split
+    (where recipes are chosen) instead of ``val``.
 
-
-def shapes_metainfo() -> dict:
-    """Meta information of the shapes set for mmdet's ``CocoDataset``.
+    Args:
+        data_root (str): Root of the set. Defaults to ``'data/shapes'``.
 
     Returns:
-        dict: ``dict(classes=SHAPES_CLASSES, palette=[...])``.
+        dict: ``--cfg-options`` style overrides.
     """
-    return dict(classes=SHAPES_CLASSES, palette=list(SHAPES_PALETTE))
+    return {
+        'test_dataloader.dataset.ann_file': 'annotations/instances_tune.json',
+        'test_dataloader.dataset.data_prefix.img': 'tune/',
+        'test_evaluator.ann_file':
+        osp.join(data_root, 'annotations', 'instances_tune.json'),
+    }
+
+
+#: :func:`tune_options` of the default shapes set
+SHAPES_TUNE_OPTIONS = tune_options()
+
+
+def shapes_metainfo(num_classes: int = len(SHAPES_CLASSES)) -> dict:
+    """Meta information of the shapes set for mmdet's ``CocoDataset``.
+
+    Args:
+        num_classes (int): Classes of the set. Defaults to 5.
+
+    Returns:
+        dict: ``dict(classes=(...), palette=[...])``.
+    """
+    return dict(classes=ALL_SHAPES_CLASSES[:num_classes],
+                palette=list(SHAPES_PALETTE[:num_classes]))
 
 
 def default_seed(split: str) -> int:
@@ -83,7 +110,8 @@ def generation_params(split: str,
                       max_objects: int = 4,
                       min_size: int = 12,
                       max_size: int = 48,
-                      min_visible: float = 0.4) -> dict:
+                      min_visible: float = 0.4,
+                      num_classes: int = len(SHAPES_CLASSES)) -> dict:
     """Check and resolve the arguments of :func:`generate_shapes`.
 
     The result is stored in the annotation file (``info.params``) so a tool
@@ -105,7 +133,10 @@ def generation_params(split: str,
                          f'{min_size}, {max_size} and {img_size}')
     if not 0. <= min_visible <= 1.:
         raise ValueError(f'min_visible must be in [0, 1], got {min_visible}')
-    return dict(
+    if not 1 <= num_classes <= len(ALL_SHAPES_CLASSES):
+        raise ValueError(f'num_classes must be in [1, '
+                         f'{len(ALL_SHAPES_CLASSES)}], got {num_classes}')
+    params = dict(
         split=split,
         num_images=int(num_images),
         img_size=int(img_size),
@@ -116,6 +147,9 @@ def generation_params(split: str,
         max_size=int(max_size),
         min_visible=float(min_visible),
         backgrounds=list(BACKGROUND_PHOTOS))
+    if num_classes != len(SHAPES_CLASSES):  # the 5-class files stay as they are
+        params['num_classes'] = int(num_classes)
+    return params
 
 
 @functools.lru_cache(maxsize=1)
@@ -204,12 +238,38 @@ def _cross_offsets(half_width: float = 1. / 3.) -> np.ndarray:
                      (a, b), (-a, b), (-a, a), (-b, a), (-b, -a), (-a, -a)])
 
 
+def _half_disc_offsets(num_points: int = 24) -> np.ndarray:
+    """Vertices of a unit half disc (flat side down), as ``(n + 1, 2)``."""
+    angles = np.linspace(-np.pi, 0., num_points + 1)
+    return np.stack([np.cos(angles), np.sin(angles) + 0.5], axis=1)
+
+
+def _arrow_offsets() -> np.ndarray:
+    """Vertices of a unit arrow pointing right, as ``(7, 2)`` xy."""
+    return np.array([(-1., -0.25), (0.2, -0.25), (0.2, -0.7), (1., 0.),
+                     (0.2, 0.7), (0.2, 0.25), (-1., 0.25)])
+
+
+def _ell_offsets() -> np.ndarray:
+    """Vertices of a unit L (thick strokes), as ``(6, 2)`` xy."""
+    s = 1. / np.sqrt(2.)
+    return s * np.array([(-1., -1.), (-0.2, -1.), (-0.2, 0.2), (1., 0.2),
+                         (1., 1.), (-1., 1.)])
+
+
 #: unit polygons (circumradius 1, angle 0) of the polygonal classes
 _UNIT_POLYGONS = dict(
     square=_regular_offsets(4, np.pi / 4),
     triangle=_regular_offsets(3, -np.pi / 2),
     star=_star_offsets(),
-    cross=_cross_offsets())
+    cross=_cross_offsets(),
+    hexagon=_regular_offsets(6, 0.),
+    half_disc=_half_disc_offsets(),
+    arrow=_arrow_offsets(),
+    ell=_ell_offsets())
+
+#: inner radius of a ring, as a share of its outer radius
+_RING_INNER = 0.55
 
 
 def object_mask(label: int, center: Tuple[float, float], radius: float,
@@ -217,10 +277,11 @@ def object_mask(label: int, center: Tuple[float, float], radius: float,
     """Rasterize one shape.
 
     Args:
-        label (int): Index into :data:`SHAPES_CLASSES`.
+        label (int): Index into :data:`ALL_SHAPES_CLASSES`.
         center (tuple[float, float]): ``(x, y)`` centre in pixels.
         radius (float): Circumradius in pixels.
-        angle (float): Rotation in radians (ignored for circles).
+        angle (float): Rotation in radians (ignored for circles and
+            rings).
         img_size (int): Height and width of the image.
 
     Returns:
@@ -229,21 +290,29 @@ def object_mask(label: int, center: Tuple[float, float], radius: float,
     from skimage.draw import disk, polygon
 
     mask = np.zeros((img_size, img_size), dtype=bool)
-    name = SHAPES_CLASSES[label]
+    name = ALL_SHAPES_CLASSES[label]
     cx, cy = center
-    if name == 'circle':
+    if name in ('circle', 'ring'):
         rr, cc = disk((cy, cx), radius, shape=mask.shape)
-    else:
-        cos, sin = np.cos(angle), np.sin(angle)
-        rot = np.array([[cos, -sin], [sin, cos]])
-        xy = radius * _UNIT_POLYGONS[name] @ rot.T + np.array([cx, cy])
-        rr, cc = polygon(xy[:, 1], xy[:, 0], shape=mask.shape)
+        mask[rr, cc] = True
+        if name == 'ring':
+            rr, cc = disk((cy, cx), _RING_INNER * radius, shape=mask.shape)
+            mask[rr, cc] = False
+        return mask
+    cos, sin = np.cos(angle), np.sin(angle)
+    rot = np.array([[cos, -sin], [sin, cos]])
+    xy = radius * _UNIT_POLYGONS[name] @ rot.T + np.array([cx, cy])
+    rr, cc = polygon(xy[:, 1], xy[:, 0], shape=mask.shape)
     mask[rr, cc] = True
     return mask
 
 
-def sample_objects(rng: np.random.Generator, num: int, img_size: int,
-                   min_size: int, max_size: int) -> List[dict]:
+def sample_objects(rng: np.random.Generator,
+                   num: int,
+                   img_size: int,
+                   min_size: int,
+                   max_size: int,
+                   num_classes: int = len(SHAPES_CLASSES)) -> List[dict]:
     """Draw the geometry of ``num`` objects, bottom first.
 
     Sizes (circumscribed diameters) are log-uniform in
@@ -255,13 +324,15 @@ def sample_objects(rng: np.random.Generator, num: int, img_size: int,
         img_size (int): Height and width of the image.
         min_size (int): Smallest diameter in pixels.
         max_size (int): Largest diameter in pixels.
+        num_classes (int): Labels are drawn from ``range(num_classes)``.
+            Defaults to 5.
 
     Returns:
         list[dict]: ``dict(label, mask)`` per object.
     """
     objects = []
     for _ in range(num):
-        label = int(rng.integers(len(SHAPES_CLASSES)))
+        label = int(rng.integers(num_classes))
         size = np.exp(rng.uniform(np.log(min_size), np.log(max_size)))
         radius = size / 2
         center = tuple(rng.uniform(radius, img_size - radius, size=2))
@@ -328,7 +399,9 @@ def pick_color(rng: np.random.Generator, canvas: np.ndarray,
 
 def render_image(rng: np.random.Generator, photos: Sequence[np.ndarray],
                  img_size: int, num_objects: int, min_size: int,
-                 max_size: int, min_visible: float) -> Tuple[np.ndarray, list]:
+                 max_size: int, min_visible: float,
+                 num_classes: int = len(SHAPES_CLASSES)
+                 ) -> Tuple[np.ndarray, list]:
     """Compose one image and its objects.
 
     Args:
@@ -339,6 +412,7 @@ def render_image(rng: np.random.Generator, photos: Sequence[np.ndarray],
         min_size (int): Smallest object diameter.
         max_size (int): Largest object diameter.
         min_visible (float): Smallest visible share of a kept object.
+        num_classes (int): Classes to draw from. Defaults to 5.
 
     Returns:
         tuple[np.ndarray, list[dict]]: ``(H, W, 3)`` uint8 RGB image and the
@@ -349,8 +423,8 @@ def render_image(rng: np.random.Generator, photos: Sequence[np.ndarray],
     objects = []
     for _ in range(100):
         objects = drop_occluded(
-            sample_objects(rng, num_objects, img_size, min_size, max_size),
-            min_visible)
+            sample_objects(rng, num_objects, img_size, min_size, max_size,
+                           num_classes), min_visible)
         if objects:
             break
     for obj in objects:
@@ -411,12 +485,13 @@ def generate_shapes(out_dir: str,
                     max_objects: int = 4,
                     min_size: int = 12,
                     max_size: int = 48,
-                    min_visible: float = 0.4) -> dict:
+                    min_visible: float = 0.4,
+                    num_classes: int = len(SHAPES_CLASSES)) -> dict:
     """Write one split of the shapes detection set in COCO format.
 
     Writes ``out_dir/{split}/{image_id:06d}.png`` (image ids start at 1) and,
     last, ``out_dir/annotations/instances_{split}.json``. Categories are
-    ``SHAPES_CLASSES`` with ids 1..5. Image ``i`` is drawn from
+    the first ``num_classes`` of :data:`ALL_SHAPES_CLASSES`, ids from 1. Image ``i`` is drawn from
     ``np.random.default_rng([seed, i])``.
 
     Args:
@@ -432,13 +507,15 @@ def generate_shapes(out_dir: str,
         max_size (int): Largest object diameter in pixels. Defaults to 48.
         min_visible (float): Objects with a smaller visible share of their
             pixels are removed before painting. Defaults to 0.4.
+        num_classes (int): Number of classes. Defaults to 5
+            (:data:`SHAPES_CLASSES`).
 
     Returns:
         dict: The COCO annotation dict that was written.
     """
     params = generation_params(split, num_images, img_size, seed,
                                min_objects, max_objects, min_size, max_size,
-                               min_visible)
+                               min_visible, num_classes)
     photos = load_backgrounds()
     img_dir = osp.join(out_dir, split)
     ann_dir = osp.join(out_dir, 'annotations')
@@ -450,7 +527,7 @@ def generate_shapes(out_dir: str,
         rng = np.random.default_rng([params['seed'], index])
         num = int(rng.integers(min_objects, max_objects + 1))
         img, objects = render_image(rng, photos, img_size, num, min_size,
-                                    max_size, min_visible)
+                                    max_size, min_visible, num_classes)
         if not objects:
             raise RuntimeError(f'no layout for image {index} of "{split}"')
         img_id = index + 1
@@ -472,7 +549,7 @@ def generate_shapes(out_dir: str,
         annotations=annotations,
         categories=[
             dict(id=i + 1, name=name, supercategory='shape')
-            for i, name in enumerate(SHAPES_CLASSES)
+            for i, name in enumerate(ALL_SHAPES_CLASSES[:num_classes])
         ])
     _dump_json(shapes_ann_file(out_dir, split), coco)
     return coco
@@ -529,7 +606,8 @@ def is_generated(out_dir: str, split: str, num_images: int,
 
 def ensure_shapes(out_dir: str = 'data/shapes',
                   splits: Optional[Dict[str, int]] = None,
-                  logger=print) -> None:
+                  logger=print,
+                  **kwargs) -> None:
     """Generate the default shapes splits that are missing or outdated.
 
     Args:
@@ -538,10 +616,30 @@ def ensure_shapes(out_dir: str = 'data/shapes',
             800 train, 200 val (reported) and 200 tune images (where
             recipes are chosen), what the shapes configs expect.
         logger (Callable): Where progress messages go.
+        **kwargs: Other arguments of :func:`generate_shapes`, e.g.
+            ``**SMALL_SHAPES``.
     """
     splits = splits or dict(train=800, val=200, tune=200)
     for split, num_images in splits.items():
-        if not is_generated(out_dir, split, num_images):
+        if not is_generated(out_dir, split, num_images, **kwargs):
             logger(f'Generating the shapes {split} split ({num_images} '
                    f'images) into {out_dir}')
-            generate_shapes(out_dir, split, num_images)
+            generate_shapes(out_dir, split, num_images, **kwargs)
+
+
+#: Where the frozen-BN testbeds' small-shapes set lives, and its splits.
+SMALL_SHAPES_ROOT = 'data/shapes_small'
+SMALL_SHAPES_SPLITS = dict(train=1000, val=200, tune=200)
+
+
+def ensure_small_shapes(out_dir: str = SMALL_SHAPES_ROOT,
+                        logger=print) -> None:
+    """Generate the small-shapes set of the frozen-BN testbeds
+    (:data:`SMALL_SHAPES`, :data:`SMALL_SHAPES_SPLITS`) where missing.
+
+    Args:
+        out_dir (str): Root of the set. Defaults to
+            :data:`SMALL_SHAPES_ROOT`.
+        logger (Callable): Where progress messages go.
+    """
+    ensure_shapes(out_dir, dict(SMALL_SHAPES_SPLITS), logger, **SMALL_SHAPES)

@@ -88,11 +88,19 @@ def check_output_path(out: str, overwrite: bool = False) -> str:
     return out
 
 
-def _torch_onnx_export(network: nn.Module, inputs: torch.Tensor, path: str,
-                       output_names: List[str], opset: int,
-                       int4: bool = False) -> None:
-    dynamic_axes = {'input': {0: 'batch'}}
-    dynamic_axes.update({n: {0: 'batch'} for n in output_names})
+def _torch_onnx_export(network: nn.Module,
+                       inputs: torch.Tensor,
+                       path: str,
+                       output_names: List[str],
+                       opset: int,
+                       int4: bool = False,
+                       output_ranks: Sequence[int] = ()) -> None:
+    # batch, height and width are free: test images of any size run
+    dynamic_axes = {'input': {0: 'batch', 2: 'height', 3: 'width'}}
+    ranks = list(output_ranks) or [2] * len(output_names)
+    for name, rank in zip(output_names, ranks):
+        dynamic_axes[name] = {0: 'batch'} if rank < 4 else {
+            0: 'batch', 2: f'{name}_height', 3: f'{name}_width'}
     with warnings.catch_warnings():
         # the TorchScript exporter announces its own deprecation
         warnings.simplefilter('ignore')
@@ -129,7 +137,8 @@ def export_network(network: nn.Module,
             ``output_names(n)`` method, if present, names the outputs.
         out (str): The ``.onnx`` file to write.
         input_shape (Sequence[int]): ``(C, H, W)`` or ``(N, C, H, W)`` of
-            the input; the batch axis is dynamic in the graph.
+            the probe input; batch, height and width are dynamic in the
+            graph.
         quantize (bool): Emit the trained quantization as QDQ nodes. False
             exports the float network (BatchNorm folded) instead.
         opset (int): ONNX opset, 13 to 20. Defaults to 13.
@@ -160,7 +169,8 @@ def export_network(network: nn.Module,
     export_net, pairs = build_export_network(network, probe, quantize)
     with torch.no_grad():
         outputs = export_net(probe)
-    num = 1 if isinstance(outputs, torch.Tensor) else len(outputs)
+    outputs = (outputs, ) if isinstance(outputs, torch.Tensor) else outputs
+    num = len(outputs)
     names = network.output_names(num) if hasattr(
         network, 'output_names') else [f'output_{i}' for i in range(num)]
     out_dir = osp.dirname(osp.abspath(out))
@@ -168,7 +178,7 @@ def export_network(network: nn.Module,
     tmp = osp.join(out_dir, f'.{osp.basename(out)}.{os.getpid()}.tmp')
     try:
         _torch_onnx_export(export_net, probe, tmp, names, opset,
-                           int4 and quantize)
+                           int4 and quantize, [o.dim() for o in outputs])
         if osp.exists(out) and not overwrite:  # appeared meanwhile
             raise FileExistsError(f'output file "{out}" already exists')
         os.replace(tmp, out)

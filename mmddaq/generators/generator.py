@@ -28,6 +28,14 @@ class Generator(BaseModule):
         base_channels (int): Channels of the first feature map; halved in
             the last block. Defaults to 128.
         num_upsamples (int): Number of 2x upsampling blocks. Defaults to 2.
+        taper_size (int, optional): Size the generator to the resolution:
+            a block whose output side exceeds ``taper_size`` pixels gets
+            ``base_channels * taper_size / side`` channels (at least
+            ``min_channels``), so every high-resolution block costs about
+            what the last full-width one does. ``None`` (default): every
+            block has ``base_channels``, the last one half.
+        min_channels (int): Fewest channels of a tapered block.
+            Defaults to 8.
         init_cfg (dict, optional): Initialisation config.
     """
 
@@ -38,6 +46,8 @@ class Generator(BaseModule):
                  num_classes: Optional[int] = None,
                  base_channels: int = 128,
                  num_upsamples: int = 2,
+                 taper_size: Optional[int] = None,
+                 min_channels: int = 8,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg)
         h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
@@ -59,6 +69,10 @@ class Generator(BaseModule):
         for i in range(num_upsamples):
             out = base_channels // 2 if i == num_upsamples - 1 \
                 else base_channels
+            side = max(self.init_hw) * 2**(i + 1)
+            if taper_size is not None and side > taper_size:
+                out = max(int(min_channels),
+                          base_channels * int(taper_size) // side)
             blocks += [
                 nn.Upsample(scale_factor=2),
                 nn.Conv2d(channels, out, 3, padding=1),

@@ -15,7 +15,7 @@ from mmddaq.importance import (layer_of_each_bn, limit_span,
                                normalize_mean_one, tap_weights)
 from mmddaq.losses import BNStatisticsLoss, DiscrepancyLoss
 from mmddaq.quantization import (activation_quantizers, observation_disabled,
-                                 quantized_layers)
+                                 quantize_weights_once, quantized_layers)
 from mmddaq.registry import MODELS
 from mmddaq.utils.checkpoint import load_checkpoint_safe, state_dict_mismatch
 from mmddaq.utils.nested import detach_nested
@@ -46,6 +46,22 @@ def _load_fp_weights(model: nn.Module, checkpoint: str) -> None:
             f'Checkpoint "{checkpoint}" does not match the model of the '
             f'config ({type(model).__name__}): ' + '; '.join(problems))
     model.load_state_dict(state, strict=True)
+
+
+def _check_finite(log_vars: Dict[str, torch.Tensor]) -> None:
+    """Raise if a logged loss is NaN or infinite (one device sync)."""
+    if not log_vars:
+        return
+    flat = torch.stack([v.detach().float().reshape(-1).sum()
+                        for v in log_vars.values()])
+    if bool(torch.isfinite(flat).all()):
+        return
+    for k, v in log_vars.items():
+        if not torch.isfinite(v).all():
+            raise FloatingPointError(
+                f'{k} became {float(v)} at this iteration: training '
+                'diverged. Lower the learning rates or loss weights; the '
+                'last checkpoint saved before this point is intact.')
 
 
 @MODELS.register_module()
@@ -285,12 +301,29 @@ class DDAQ(BaseModel):
             self.train(training)
         return x
 
-    def _losses_on(self, x, labels, need_dis_grad: bool, need_q_grad: bool):
+    def _losses_on(self, x, labels, need_dis_grad: bool, need_q_grad: bool,
+                   need_kd: bool = True):
         """Forward both models on ``x`` and compute every active loss.
 
         Only what a backward pass will use is recorded with autograd: D1 and
         CE when ``x`` comes from the generator, the quantized model's graph
-        when it is updated or D2 reaches the generator through it.
+        when it is updated or D2 reaches the generator through it. The
+        quantized model runs only when something needs it (its update, D2
+        for the generator, or range calibration), and D2 is computed once:
+        the quantized update's D2 term is the generator's D2, whose gradient
+        to the quantized weights is the same as with detached FP features.
+
+        Args:
+            x (Tensor): The inputs.
+            labels (Tensor, optional): Generator labels (CE).
+            need_dis_grad (bool): D2 reaches the generator.
+            need_q_grad (bool): The quantized graph is recorded.
+            need_kd (bool): The quantized model is updated (KD and its D2
+                term are computed). Defaults to True.
+
+        Returns:
+            tuple: FP outputs, quantized outputs (None when the quantized
+            model did not run) and the losses.
         """
         w = self.loss_weights
         use_d1 = self.bns_loss is not None and x.requires_grad
@@ -302,21 +335,27 @@ class DDAQ(BaseModel):
         finally:
             if use_d1:
                 self.bns_loss.enabled = False
-        fp_out_d = detach_nested(fp_out)
-        with torch.set_grad_enabled(need_q_grad), \
-                self._q_rec.recording() as q_feats:
-            q_out = self.adapter.forward(self.quantized, x, reference=fp_out_d)
         losses = {}
         if use_d1:
             losses['loss_bns'] = self.bns_loss()
         if labels is not None and w['ce'] > 0 and x.requires_grad:
             losses['loss_ce'] = self.adapter.task_loss(fp_out, labels)
-        if need_dis_grad:
-            losses['loss_dis'] = self.dis_loss(fp_feats, q_feats)
-        losses['loss_kd'] = self.adapter.distill_loss(fp_out_d, q_out)
-        if w['q_dis'] > 0:
-            losses['loss_q_dis'] = self.dis_loss(detach_nested(fp_feats),
-                                                 q_feats)
+        q_out = None
+        if need_kd or need_dis_grad or self.calibrating():
+            fp_out_d = detach_nested(fp_out)
+            with torch.set_grad_enabled(need_q_grad), \
+                    quantize_weights_once(self.quantized), \
+                    self._q_rec.recording() as q_feats:
+                q_out = self.adapter.forward(self.quantized, x,
+                                             reference=fp_out_d)
+            if need_dis_grad:
+                losses['loss_dis'] = self.dis_loss(fp_feats, q_feats)
+            if need_kd:
+                losses['loss_kd'] = self.adapter.distill_loss(fp_out_d, q_out)
+                if w['q_dis'] > 0:
+                    losses['loss_q_dis'] = losses['loss_dis'] \
+                        if need_dis_grad else self.dis_loss(
+                            detach_nested(fp_feats), q_feats)
         return fp_out, q_out, losses
 
     def train_step(
@@ -364,14 +403,14 @@ class DDAQ(BaseModel):
         # AmpOptimWrapper (``--amp``): every forward pass under autocast
         with optim_wrapper['quantized'].optim_context(self):
             if is_plan:
-                x, labels = self.sample_inputs(int(data['batch_size']))
-                if not update_g:
-                    x = x.detach()
+                # no generator graph when the generator is not updated
+                with torch.set_grad_enabled(update_g):
+                    x, labels = self.sample_inputs(int(data['batch_size']))
             else:
                 x = self.data_preprocessor(data, True)['inputs']
             fp_out, q_out, losses = self._losses_on(
                 x, labels, need_dis_grad,
-                need_q_grad=update_q or need_dis_grad)
+                need_q_grad=update_q or need_dis_grad, need_kd=update_q)
 
         log_vars = {}
         if update_g:
@@ -384,11 +423,12 @@ class DDAQ(BaseModel):
             ow = optim_wrapper['generator']
             ow.backward(loss_g, inputs=g_params, retain_graph=update_q)
             log_vars['loss_g'] = loss_g.detach()
-        loss_q = w['kd'] * losses['loss_kd']
-        if 'loss_q_dis' in losses:
-            loss_q = loss_q + w['q_dis'] * losses['loss_q_dis']
         if update_q:
+            loss_q = w['kd'] * losses['loss_kd']
+            if 'loss_q_dis' in losses:
+                loss_q = loss_q + w['q_dis'] * losses['loss_q_dis']
             optim_wrapper['quantized'].backward(loss_q, inputs=q_params)
+            log_vars['loss_q'] = loss_q.detach()
         if before_step is not None and (update_g or update_q):
             before_step(g_params + (q_params if update_q else []))
         if update_g:
@@ -397,17 +437,11 @@ class DDAQ(BaseModel):
         if update_q:
             optim_wrapper['quantized'].step()
             optim_wrapper['quantized'].zero_grad()
-        log_vars['loss_q'] = loss_q.detach()
         log_vars.update({k: v.detach() for k, v in losses.items()})
-        if hasattr(self.adapter, 'agreement'):
+        if hasattr(self.adapter, 'agreement') and q_out is not None:
             log_vars['agree'] = self.adapter.agreement(
                 fp_out.detach(), q_out.detach())
-        for k, v in log_vars.items():
-            if not torch.isfinite(v).all():
-                raise FloatingPointError(
-                    f'{k} became {float(v)} at this iteration: training '
-                    'diverged. Lower the learning rates or loss weights; the '
-                    'last checkpoint saved before this point is intact.')
+        _check_finite(log_vars)
         return log_vars
 
     # ------------------------------------------------------------------

@@ -15,7 +15,7 @@ from .adaround import AdaRoundQuantizer
 from .observers import EMAMinMaxObserver, MSEObserver, PercentileObserver
 from .reconstruction import BlockReconstruction, correct_bias
 from .quantizers import (ActivationQuantizer, CallSiteQuantizer,
-                         WeightQuantizer)
+                         WeightQuantizer, quantize_weights_once)
 
 __all__ = [
     'SUPPORTED_BITS', 'calc_qparams', 'check_bits', 'fake_quantize',
@@ -26,6 +26,7 @@ __all__ = [
     'MSEObserver', 'PercentileObserver', 'AdaRoundQuantizer',
     'BlockReconstruction', 'correct_bias', 'dense_head_levels',
     'ActivationQuantizer', 'CallSiteQuantizer', 'WeightQuantizer',
+    'quantize_weights_once',
     'DEFAULT_CANDIDATES',
     'GreedyBitAllocator', 'LayerCost', 'average_bits',
     'costs_from_sensitivity', 'pinned_layers', 'weight_quant_error',

@@ -3,6 +3,7 @@
 A quantizer owns its range (an observer or a learnable step) and applies
 :func:`fake_quantize`. It knows nothing about the layer it serves.
 """
+import contextlib
 import math
 from typing import Optional
 
@@ -61,6 +62,9 @@ class WeightQuantizer(nn.Module):
         self.observer_cfg = dict(observer) if observer else None
         self.scale = None
         self._cache = None
+        # {weight key: output} while a forward shares one fake-quantized
+        # weight among calls (see quantize_weights_once); None otherwise
+        self._forward_cache = None
         # empty = not used; set by init_from (range search) and fix_qparams
         # (learned rounding): [lo_ratio, hi_ratio] per channel, and the
         # scale / zero point a reconstructed weight was rounded to
@@ -156,6 +160,15 @@ class WeightQuantizer(nn.Module):
         """Fake-quantize ``weight``."""
         if not self.enabled:
             return weight
+        if self._forward_cache is not None:
+            # one forward: a layer called several times (a head shared by
+            # all FPN levels) quantizes its weight once, with autograd too
+            key = (id(weight), weight._version, torch.is_grad_enabled())
+            out = self._forward_cache.get(key)
+            if out is None:
+                out = self._fake_quantize(weight)
+                self._forward_cache[key] = out
+            return out
         # Without autograd (evaluation, calibration) the fake-quantized
         # weight is reused until the weight changes in place.
         reuse = not self.learnable and not (torch.is_grad_enabled()
@@ -391,6 +404,30 @@ class ActivationQuantizer(nn.Module):
         return (f'bits={self.bits}, symmetric={self.symmetric}, '
                 f'learnable={self.learnable}, '
                 f'observer={type(self.observer).__name__}')
+
+
+@contextlib.contextmanager
+def quantize_weights_once(model: nn.Module):
+    """Within the block, each weight is fake-quantized once.
+
+    A layer called several times in one forward (a RetinaNet head conv runs
+    once per FPN level) reuses its fake-quantized weight, autograd graph
+    included, so its gradient is the same as if each call had quantized
+    the weight itself. Use it around a single forward: a graph freed by a
+    backward pass must not be reused by the next forward.
+
+    Args:
+        model (nn.Module): The quantized model.
+    """
+    quantizers = [m for m in model.modules()
+                  if isinstance(m, WeightQuantizer) and m.enabled]
+    for q in quantizers:
+        q._forward_cache = {}
+    try:
+        yield model
+    finally:
+        for q in quantizers:
+            q._forward_cache = None
 
 
 class CallSites(nn.Module):

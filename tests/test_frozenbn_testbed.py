@@ -1,0 +1,141 @@
+"""The frozen-BN detection testbeds: their data, pretraining and configs."""
+import json
+import os.path as osp
+
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+
+from conftest import ROOT
+from mmddaq.datasets.patches import (generate_patches, patch_params,
+                                     patches_generated)
+from mmddaq.datasets.shapes import (ALL_SHAPES_CLASSES, BACKGROUND_PHOTOS,
+                                    SHAPES_CLASSES, SMALL_SHAPES,
+                                    generate_shapes, generation_params,
+                                    is_generated, object_mask,
+                                    shapes_ann_file, shapes_metainfo)
+
+CONFIGS = osp.join(ROOT, 'configs')
+
+
+def test_new_classes_are_what_they_say():
+    size = 64
+    ring = object_mask(ALL_SHAPES_CLASSES.index('ring'), (32., 32.), 20., 0.,
+                       size)
+    disc = object_mask(0, (32., 32.), 20., 0., size)
+    assert not ring[32, 32] and ring[32, 32 + 16] and ring.sum() < disc.sum()
+    half = object_mask(ALL_SHAPES_CLASSES.index('half_disc'), (32., 32.),
+                       20., 0., size)
+    assert 0.4 < half.sum() / disc.sum() < 0.6
+    for name in ('hexagon', 'arrow', 'ell'):
+        mask = object_mask(ALL_SHAPES_CLASSES.index(name), (32., 32.), 20.,
+                           0.3, size)
+        assert 0 < mask.sum() < disc.sum(), name
+
+
+def test_five_class_set_is_unchanged():
+    # the default set records no num_classes, so its files stay valid
+    assert 'num_classes' not in generation_params('train', 3)
+    assert shapes_metainfo()['classes'] == SHAPES_CLASSES
+    with pytest.raises(ValueError, match='num_classes'):
+        generation_params('train', 3, num_classes=11)
+
+
+def test_small_shapes_set(tmp_path):
+    coco = generate_shapes(str(tmp_path), 'train', 12, **SMALL_SHAPES)
+    names = [c['name'] for c in coco['categories']]
+    assert names == list(ALL_SHAPES_CLASSES)
+    labels = {a['category_id'] for a in coco['annotations']}
+    assert max(labels) > len(SHAPES_CLASSES)  # the new classes appear
+    sides = [max(a['bbox'][2:]) for a in coco['annotations']]
+    assert max(sides) <= SMALL_SHAPES['max_size'] + 1
+    assert len(coco['annotations']) >= 2 * len(coco['images'])
+    assert is_generated(str(tmp_path), 'train', 12, **SMALL_SHAPES)
+    assert not is_generated(str(tmp_path), 'train', 12)  # other settings
+    cfg = Config.fromfile(
+        osp.join(CONFIGS, '_base_', 'datasets', 'shapes_small_detection.py'))
+    assert list(cfg.metainfo['classes']) == names
+
+
+def test_patches_deterministic_and_checked(tmp_path):
+    generate_patches(str(tmp_path / 'a'), 'train', 2, img_size=16)
+    generate_patches(str(tmp_path / 'b'), 'train', 2, img_size=16)
+    for name in BACKGROUND_PHOTOS:
+        for i in range(2):
+            rel = osp.join('train', name, f'{i:05d}.png')
+            with open(tmp_path / 'a' / rel, 'rb') as f, \
+                    open(tmp_path / 'b' / rel, 'rb') as g:
+                assert f.read() == g.read()
+    assert patches_generated(str(tmp_path / 'a'), 'train', 2, img_size=16)
+    assert not patches_generated(str(tmp_path / 'a'), 'train', 3,
+                                 img_size=16)
+    assert not patches_generated(str(tmp_path / 'a'), 'train', 2)
+    with open(tmp_path / 'a' / 'train.json') as f:
+        assert json.load(f)['params'] == patch_params('train', 2, 16)
+
+
+def test_pretrained_classifier_loads_into_frozen_bn_detector(tmp_path):
+    """The patch classifier's backbone is the detector's, BN frozen."""
+    import mmpretrain  # noqa: F401
+    from mmengine.registry import MODELS
+    init_default_scope('mmpretrain')
+    cls_cfg = Config.fromfile(osp.join(CONFIGS, 'fp_resnet18-w16_patches.py'))
+    classifier = MODELS.build(cls_cfg.model)
+    with torch.no_grad():
+        for p in classifier.parameters():
+            p.uniform_(-1, 1)
+    ckpt = str(tmp_path / 'cls.pth')
+    torch.save(dict(state_dict=classifier.state_dict()), ckpt)
+
+    init_default_scope('mmdet')
+    det_cfg = Config.fromfile(
+        osp.join(CONFIGS, 'fp_retinanet_r18-w16_frozenbn.py'))
+    det_cfg.model.backbone.init_cfg.checkpoint = ckpt
+    detector = MODELS.build(det_cfg.model)
+    detector.init_weights()
+    source = {k[len('backbone.'):]: v
+              for k, v in classifier.state_dict().items()
+              if k.startswith('backbone.')}
+    target = detector.backbone.state_dict()
+    assert set(source) == set(target)
+    for key, value in source.items():
+        assert torch.equal(target[key], value), key
+
+    detector.train()
+    bns = [m for m in detector.backbone.modules()
+           if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and not any(m.training for m in bns)  # norm_eval
+    assert not detector.backbone.conv1.weight.requires_grad  # frozen stem
+    assert not any(p.requires_grad
+                   for p in detector.backbone.layer1.parameters())
+    assert all(p.requires_grad for p in detector.backbone.layer2.parameters()
+               if p.dim() > 1)
+    # FPN and head carry no BN: nothing there describes the test images
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                   for m in list(detector.neck.modules()) +
+                   list(detector.bbox_head.modules()))
+
+
+def test_ddaq_config_quantizes_the_frozen_bn_detector():
+    cfg = Config.fromfile(
+        osp.join(CONFIGS, 'ddaq_retinanet_r18-w16_frozenbn_w4a4.py'))
+    assert cfg.train_dataloader is None
+    arch = cfg.model.architecture
+    assert arch.backbone.norm_eval and arch.backbone.frozen_stages == 1
+    assert arch.bbox_head.num_classes == len(ALL_SHAPES_CLASSES)
+    assert cfg.test_dataloader.dataset.data_root == 'data/shapes_small/'
+    assert 'shapes_small' in cfg.test_evaluator.ann_file
+    assert cfg.model.fp_checkpoint.startswith(
+        'work_dirs/fp_retinanet_r18-w16_frozenbn/')
+    assert np.isfinite(cfg.input_shape[-1])
+
+
+def test_benchmark_suite_prepares_pretraining_first():
+    from test_benchmark import _benchmark_module
+    bench = _benchmark_module()
+    suite = bench.SUITES['frozenbn-retinanet']
+    assert suite['pretrain'][0].endswith('fp_resnet18-w16_patches.py')
+    assert 'shapes_small' in suite['tune_options']['test_evaluator.ann_file']
+    assert suite['data'] in bench.DATA

@@ -1,0 +1,107 @@
+"""Work a DDAQ iteration no longer does, and proof that nothing changed."""
+import pytest
+import torch
+from torch import nn
+
+from mmddaq.quantization import (QuantConv2d, WeightQuantizer,
+                                 freeze_activations, quantize_weights_once)
+from test_ddaq import build_tiny_ddaq, params_of
+
+FULL = dict(batch_size=8, update_generator=True, update_quantized=True)
+
+
+class SharedConv(nn.Module):
+    """One quantized conv run on three inputs, like a head on FPN levels."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = QuantConv2d(nn.Conv2d(4, 4, 3, padding=1))
+
+    def forward(self, xs):
+        return sum(self.conv(x).square().mean() for x in xs)
+
+
+def test_weight_quantized_once_per_forward(monkeypatch):
+    model = SharedConv()
+    xs = [torch.randn(2, 4, 8, 8) * s for s in (1., 3., 9.)]
+    model(xs)  # calibrate the activation range
+    freeze_activations(model)
+    calls = []
+    original = WeightQuantizer._fake_quantize
+    monkeypatch.setattr(
+        WeightQuantizer, '_fake_quantize',
+        lambda self, w: calls.append(1) or original(self, w))
+
+    model(xs).backward()
+    plain_grad = model.conv.weight.grad.clone()
+    assert len(calls) == 3
+    model.conv.weight.grad = None
+    calls.clear()
+    with quantize_weights_once(model):
+        loss = model(xs)
+    loss.backward()
+    assert len(calls) == 1
+    assert torch.allclose(model.conv.weight.grad, plain_grad, atol=1e-7)
+    # the cache lives for one forward only: the next one quantizes again
+    assert model.conv.weight_quantizer._forward_cache is None
+
+
+def test_d2_computed_once_same_quantized_update(tiny_fp_checkpoint,
+                                                monkeypatch):
+    """The quantized update with one D2 (generator's, FP not detached)
+    equals the update with D2 on detached FP features."""
+    runs = {}
+    for name, update_g in (('both', True), ('q_only', False)):
+        model, optim = build_tiny_ddaq(tiny_fp_checkpoint)
+        model.train_step(FULL, optim)  # calibration batch
+        freeze_activations(model.quantized)
+        calls = []
+        original = type(model.dis_loss).forward
+        monkeypatch.setattr(
+            type(model.dis_loss), 'forward',
+            lambda self, *a: calls.append(1) or original(self, *a))
+        torch.manual_seed(1)
+        plan = dict(FULL, update_generator=update_g)
+        log = model.train_step(plan, optim)
+        monkeypatch.undo()
+        assert len(calls) == 1 and 'loss_q_dis' in log
+        runs[name] = params_of(model.quantized)
+    both, q_only = runs['both'], runs['q_only']
+    assert all(torch.allclose(both[k], q_only[k], atol=1e-6) for k in both)
+
+
+def test_quantized_model_runs_only_when_needed(tiny_fp_checkpoint):
+    model, optim = build_tiny_ddaq(tiny_fp_checkpoint,
+                                   loss_weights=dict(dis=0., q_dis=0.))
+    model.train_step(FULL, optim)
+    freeze_activations(model.quantized)
+    runs = []
+    model.quantized.register_forward_hook(lambda *a: runs.append(1))
+    g0 = params_of(model.generator)
+    log = model.train_step(dict(FULL, update_quantized=False), optim)
+    # generator-only step without D2: nothing uses the quantized model
+    assert not runs and 'loss_kd' not in log and 'loss_q' not in log
+    assert any(not torch.equal(g0[k], v)
+               for k, v in params_of(model.generator).items())
+    model.train_step(FULL, optim)
+    assert runs and model.calibrating() is False
+
+
+def test_generator_sampled_without_graph_when_not_updated(
+        tiny_fp_checkpoint):
+    model, optim = build_tiny_ddaq(tiny_fp_checkpoint)
+    graphs = []
+    model.generator.register_forward_hook(
+        lambda m, a, out: graphs.append(out.requires_grad))
+    model.train_step(dict(FULL, update_generator=False), optim)
+    model.train_step(FULL, optim)
+    assert graphs == [False, True]
+
+
+def test_diverged_loss_named(tiny_fp_checkpoint, monkeypatch):
+    model, optim = build_tiny_ddaq(tiny_fp_checkpoint)
+    monkeypatch.setattr(model.bns_loss, 'forward',
+                        lambda *a: torch.tensor(float('nan')))
+    with pytest.raises(FloatingPointError, match=r'loss_(g|bns) became nan'):
+        model.train_step(FULL, optim)
