@@ -479,7 +479,8 @@ def save_samples(algorithm, cfg: Config, path: str, show_data: bool = False,
     std = getattr(pre, 'std', torch.ones(3)).flatten().tolist()
     panels = [('synthetic calibration inputs', algorithm.generate(num))]
     if show_data:
-        real = RealSamples(cfg.test_dataloader)(algorithm, num, num)[0]
+        real = RealSamples(cfg.test_dataloader, strict=False)(
+            algorithm, num, num)[0]
         panels.append(('real test images (--show-data)', real))
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.6 * len(panels)),
                              squeeze=False)

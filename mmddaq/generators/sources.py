@@ -50,10 +50,13 @@ class RealSamples:
     Args:
         dataloader (dict): An MMEngine dataloader config (e.g. the model's
             training split without augmentation).
+        strict (bool): Raise when the dataloader holds fewer images than
+            asked for; otherwise return those it has. Defaults to True.
     """
 
-    def __init__(self, dataloader: dict) -> None:
+    def __init__(self, dataloader: dict, strict: bool = True) -> None:
         self.dataloader = dataloader
+        self.strict = strict
 
     @torch.no_grad()
     def __call__(self, algorithm, num_samples: int,
@@ -66,7 +69,7 @@ class RealSamples:
             count += len(x)
             if count >= num_samples:
                 break
-        if count < num_samples:
+        if count < num_samples and self.strict:
             raise ValueError(f'the dataloader holds {count} images, fewer '
                              f'than the {num_samples} asked for')
         pool = torch.cat(inputs)[:num_samples]
