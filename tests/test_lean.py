@@ -105,3 +105,27 @@ def test_diverged_loss_named(tiny_fp_checkpoint, monkeypatch):
                         lambda *a: torch.tensor(float('nan')))
     with pytest.raises(FloatingPointError, match=r'loss_(g|bns) became nan'):
         model.train_step(FULL, optim)
+
+
+def test_tapered_generator_is_smaller_at_high_resolution():
+    from mmddaq.generators import Generator
+    full = Generator(img_size=128, latent_dim=16, base_channels=64,
+                     num_upsamples=4)
+    lean = Generator(img_size=128, latent_dim=16, base_channels=64,
+                     num_upsamples=4, taper_size=32)
+    z, _ = full.sample_noise(2)
+    assert lean(z).shape == full(z).shape == (2, 3, 128, 128)
+    convs = [m for m in lean.blocks if isinstance(m, nn.Conv2d)]
+    # 16 and 32 px keep 64 channels; 64 px gets 32, 128 px 16
+    assert [c.out_channels for c in convs] == [64, 64, 32, 16]
+
+    def macs(g):
+        total, side = 0, g.init_hw[0]
+        for m in g.blocks:
+            if isinstance(m, nn.Upsample):
+                side *= 2
+            elif isinstance(m, nn.Conv2d):
+                total += m.weight.numel() * side * side
+        return total
+
+    assert macs(lean) < 0.4 * macs(full)
