@@ -21,7 +21,10 @@ benchmark: install
 	$(PY) tools/benchmark.py --suite digits --out docs/benchmarks/digits.json
 	$(PY) tools/benchmark.py --suite shapes-retinanet --out docs/benchmarks/shapes.json --bits 8 4 --iters 200
 	$(PY) tools/benchmark.py --suite shapes-faster-rcnn --out docs/benchmarks/shapes.json --bits 8 4 --iters 200
+	$(PY) tools/benchmark.py --suite frozenbn-retinanet --out docs/benchmarks/frozenbn.json --bits 8 4
 	$(PY) tools/benchmark.py --suite speed --out docs/benchmarks/speed.json
 
 shapes: install
 	$(PY) tools/make_shapes.py --out data/shapes
+	$(PY) tools/make_shapes.py --preset small
+	$(PY) tools/make_shapes.py --preset patches
