@@ -302,7 +302,7 @@ class DDAQ(BaseModel):
         return x
 
     def _losses_on(self, x, labels, need_dis_grad: bool, need_q_grad: bool,
-                   need_kd: bool = True):
+                   need_kd: bool = True, calibrating: bool = False):
         """Forward both models on ``x`` and compute every active loss.
 
         Only what a backward pass will use is recorded with autograd: D1 and
@@ -320,6 +320,8 @@ class DDAQ(BaseModel):
             need_q_grad (bool): The quantized graph is recorded.
             need_kd (bool): The quantized model is updated (KD and its D2
                 term are computed). Defaults to True.
+            calibrating (bool): Activation ranges are still calibrated
+                (the quantized model must run). Defaults to False.
 
         Returns:
             tuple: FP outputs, quantized outputs (None when the quantized
@@ -341,7 +343,7 @@ class DDAQ(BaseModel):
         if labels is not None and w['ce'] > 0 and x.requires_grad:
             losses['loss_ce'] = self.adapter.task_loss(fp_out, labels)
         q_out = None
-        if need_kd or need_dis_grad or self.calibrating():
+        if need_kd or need_dis_grad or calibrating:
             fp_out_d = detach_nested(fp_out)
             with torch.set_grad_enabled(need_q_grad), \
                     quantize_weights_once(self.quantized), \
@@ -396,7 +398,8 @@ class DDAQ(BaseModel):
             update_g, update_q, labels = False, True, None
         # no adversarial D2 while ranges are calibrated: the generator would
         # push activations out of range and the observers would follow
-        need_dis_grad = update_g and w['dis'] > 0 and not self.calibrating()
+        calibrating = self.calibrating()
+        need_dis_grad = update_g and w['dis'] > 0 and not calibrating
 
         g_params = list(self.generator.parameters()) if update_g else []
         q_params = [p for p in self.quantized.parameters() if p.requires_grad]
@@ -410,7 +413,8 @@ class DDAQ(BaseModel):
                 x = self.data_preprocessor(data, True)['inputs']
             fp_out, q_out, losses = self._losses_on(
                 x, labels, need_dis_grad,
-                need_q_grad=update_q or need_dis_grad, need_kd=update_q)
+                need_q_grad=update_q or need_dis_grad, need_kd=update_q,
+                calibrating=calibrating)
 
         log_vars = {}
         if update_g:
