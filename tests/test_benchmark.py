@@ -152,6 +152,35 @@ def test_speed_table_marks_goals():
     ]
     table = bench.markdown_table(rows)
     assert "| m (cpu) | 3.00 (missed) | 1.10 (met) |  |" in table
+    # seconds-to-quality rows get their own table, one line per method
+    rows += [dict(suite='speed', model='m', method=m, w_bits=4, a_bits=4,
+                  seed=0, metric='seconds_to_quality', value=v,
+                  quality_metric='top1', quality=q, seconds=v)
+             for m, v, q in (('ddaq', 90., 98.5), ('gdfq', 60., 97.))]
+    table = bench.markdown_table(rows)
+    assert '| m | ddaq | 90 | top1 98.5000 |' in table
+    assert '| m | gdfq | 60 | top1 97.0000 |' in table
+    assert "| m (cpu) | 3.00 (missed) | 1.10 (met) |  |" in table
+
+
+def test_seconds_to_quality_times_ddaq_and_gdfq(tiny_fp_checkpoint,
+                                                tmp_path, monkeypatch):
+    bench = _benchmark_module()
+    suite = dict(bench.SUITES['digits'], fp_checkpoint=tiny_fp_checkpoint)
+    monkeypatch.setitem(bench.SUITES, 'digits', suite)
+    tiny = tiny_ddaq_options(tiny_fp_checkpoint)
+    real_config = bench.method_config
+    monkeypatch.setattr(
+        bench, 'method_config',
+        lambda s, m, o: real_config(s, m, {**o, **tiny}))
+    out = str(tmp_path / 'speed.json')
+    bench.main(['--suite', 'speed', '--seconds-to-quality', '--models',
+                'digits', '--out', out, '--work-root', str(tmp_path)])
+    rows = json.load(open(out))
+    assert [r['method'] for r in rows] == ['ddaq', 'gdfq']
+    for r in rows:
+        assert r['metric'] == 'seconds_to_quality' and r['value'] > 0
+        assert 0 <= r['quality'] <= 100
 
 
 def test_runs_in_one_process_keep_their_own_pictures(tiny_fp_checkpoint,

@@ -279,31 +279,75 @@ def test_export_tiny_retinanet_w8a8(tmp_path):
     assert default['max_abs_diff_over_range'] < 0.15, default
 
 
-def test_export_tiny_faster_rcnn_first_stage(tmp_path):
+def test_export_tiny_faster_rcnn_two_graphs(tmp_path):
     from test_detection import SIZE, build
+
+    from mmddaq.export import RoIHeadNetwork, roi_head_path
+    from mmddaq.export.evaluate import OnnxRuntimeModel
+    from mmddaq.quantization import calibrate_activations, \
+        step_activation_observers, freeze_activations
     model, _ = build(
         'faster_rcnn', tmp_path,
         quantizer=dict(type='mmddaq.ModelQuantizer', w_bits=8, a_bits=8))
     model.eval()
-    network = network_of(model.quantized)
-    # only the graph's part is calibrated: the RoI head (after NMS and
-    # RoIAlign) is not exported and must not be required
     detector = model.quantized
-    calibrate(network, (2, 3, SIZE, SIZE),
-              freeze=[detector.backbone, detector.neck, detector.rpn_head])
+    # calibrate the whole detector (RoI head on the FP proposals)
+    gen = torch.Generator().manual_seed(0)
+    calibrate_activations(detector)
+    with torch.no_grad():
+        for _ in range(3):
+            x = torch.randn(2, 3, SIZE, SIZE, generator=gen)
+            ref = model.adapter.forward(model.fp_model, x)
+            model.adapter.forward(detector, x, reference=ref)
+            step_activation_observers(detector)
+    freeze_activations(detector)
     out = str(tmp_path / 'frcnn.onnx')
-    result = export_onnx(model.quantized, out, (3, SIZE, SIZE))
-    assert result['output_names'][0] == 'rpn_cls_score_l0'
-    assert result['output_names'][-1].startswith('rpn_bbox_pred_l')
+    result = export_onnx(detector, out, (3, SIZE, SIZE))
+    names = result['output_names']
+    assert names[0] == 'rpn_cls_score_l0' and names[-1].startswith('neck_l')
+    assert sum(n.startswith('neck_l') for n in names) == len(names) // 3
+    roi = result['roi_head']
+    assert roi['path'] == roi_head_path(out) and osp.isfile(roi['path'])
+    assert roi['output_names'] == ['cls_score', 'bbox_pred']
     check_qdq_graph(out)
+    check_qdq_graph(roi['path'])
+    network = network_of(detector)
     x = torch.randn(2, 3, SIZE, SIZE)
     with torch.no_grad(), observation_disabled(network):
         reference = network(x)
     assert_close(reference, run_onnxruntime(
         onnxruntime_session(out, quantize_bias=False), x))
-    default = compare_outputs(reference,
-                              run_onnxruntime(onnxruntime_session(out), x))
-    assert default['max_abs_diff_over_range'] < 0.15, default
+    feats = torch.randn(5, *roi['input_shape'][1:])
+    roi_net = RoIHeadNetwork(detector)
+    with torch.no_grad(), observation_disabled(roi_net):
+        roi_ref = roi_net(feats)
+    assert_close(roi_ref, run_onnxruntime(
+        onnxruntime_session(roi['path'], quantize_bias=False), feats))
+    # both graphs chained through mmdet's proposal, RoIAlign and decoding
+    # give the fake-quant model's detections
+    from mmdet.structures import DetDataSample
+    samples = [DetDataSample(metainfo=dict(
+        img_shape=(SIZE, SIZE), ori_shape=(SIZE, SIZE), scale_factor=(1., 1.),
+        pad_shape=(SIZE, SIZE), batch_input_shape=(SIZE, SIZE)))
+        for _ in range(2)]
+    backed = OnnxRuntimeModel(
+        detector, onnxruntime_session(out, quantize_bias=False),
+        onnxruntime_session(roi['path'], quantize_bias=False))
+    outputs = [torch.from_numpy(o) for o in run_onnxruntime(
+        backed.session, x)]
+    ort_pred = backed._postprocess(outputs, [s.clone() for s in samples])
+    with torch.no_grad(), observation_disabled(detector):
+        torch_pred = detector.predict(x, [s.clone() for s in samples])
+    for a, b in zip(ort_pred, torch_pred):
+        pa, pb = a.pred_instances, b.pred_instances
+        assert len(pa) == len(pb) > 0
+        torch.testing.assert_close(pa.bboxes, pb.bboxes, atol=1e-2,
+                                   rtol=1e-3)
+        torch.testing.assert_close(pa.scores, pb.scores, atol=1e-3,
+                                   rtol=1e-3)
+    # refuses to overwrite either file
+    with pytest.raises(FileExistsError):
+        export_onnx(detector, out, (3, SIZE, SIZE))
 
 
 # ------------------------------------------------------------------ CLI

@@ -75,12 +75,20 @@ def main(argv=None):
     print(f'Exported {result["path"]}: input {list(result["input_shape"])} '
           f'(batch dynamic), outputs {result["output_names"]}, '
           f'{result["folded_batchnorms"]} BatchNorm layers folded')
-    for key in ('verification', 'verification_float_bias'):
-        if key in result:
-            what = 'onnxruntime' if key == 'verification' else \
-                'onnxruntime without bias quantization'
-            print(f'{what} vs PyTorch fake-quant: '
-                  f'{json.dumps(result[key])}')
+    graphs = [('', result)]
+    if 'roi_head' in result:
+        roi = result['roi_head']
+        print(f'Exported {roi["path"]} (RoI head): input '
+              f'{list(roi["input_shape"])} (RoIs dynamic), outputs '
+              f'{roi["output_names"]}')
+        graphs.append(('RoI head: ', roi))
+    for prefix, graph in graphs:
+        for key in ('verification', 'verification_float_bias'):
+            if key in graph:
+                what = 'onnxruntime' if key == 'verification' else \
+                    'onnxruntime without bias quantization'
+                print(f'{prefix}{what} vs PyTorch fake-quant: '
+                      f'{json.dumps(graph[key])}')
     return result
 
 

@@ -9,9 +9,12 @@ the graph, in the caller's code:
 - one-stage detectors (RetinaNet & co.): anchor generation, box decoding,
   score thresholding and NMS (the graph returns the head's raw per-level
   class scores and box deltas);
-- two-stage detectors (Faster R-CNN & co.): the graph holds backbone, neck
-  and RPN head (raw per-level objectness and deltas); proposal decoding,
-  NMS, RoIAlign and the RoI head stay outside.
+- two-stage detectors (Faster R-CNN & co.): two graphs. The first holds
+  backbone, neck and RPN head and returns the raw per-level objectness and
+  deltas *and* the neck's feature maps; proposal decoding, NMS and RoIAlign
+  run outside on them (they hold no weights, nothing is quantized there);
+  the second graph, the RoI box head, takes the pooled RoI features and
+  returns class scores and box deltas, decoded and NMS-ed outside.
 """
 from typing import List, Sequence
 
@@ -74,6 +77,84 @@ class DenseHeadNetwork(nn.Module):
         return [f'{g}_l{i}' for g in self.names for i in range(levels)]
 
 
+class TwoStageNetwork(DenseHeadNetwork):
+    """First graph of a two-stage detector: RPN outputs and neck features.
+
+    Args:
+        model (nn.Module): An mmdet two-stage detector.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model, 'rpn_head',
+                         ('rpn_cls_score', 'rpn_bbox_pred'))
+
+    def forward(self, x: torch.Tensor):
+        feats = self.model.extract_feat(x)
+        return tuple(flatten_tensors(self.model.rpn_head(feats))) + \
+            tuple(feats)
+
+    def output_names(self, num_outputs: int) -> List[str]:
+        """``rpn_cls_score_l<i>``, ``rpn_bbox_pred_l<i>``, ``neck_l<i>``."""
+        if num_outputs % 3:
+            return [f'output_{i}' for i in range(num_outputs)]
+        levels = num_outputs // 3
+        return [f'{g}_l{i}' for g in self.names + ('neck', )
+                for i in range(levels)]
+
+    @staticmethod
+    def split_outputs(outputs: Sequence) -> tuple:
+        """``(rpn scores, rpn deltas, neck features)``, each per level."""
+        levels = len(outputs) // 3
+        return (list(outputs[:levels]), list(outputs[levels:2 * levels]),
+                list(outputs[2 * levels:]))
+
+
+class RoIHeadNetwork(nn.Module):
+    """Second graph of a two-stage detector: the RoI box head.
+
+    Its input is the RoI extractor's pooled features ``(R, C, S, S)``; its
+    outputs the class scores ``(R, C + 1)`` and box deltas.
+
+    Args:
+        model (nn.Module): An mmdet two-stage detector (standard RoI head
+            without a shared head).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        roi_head = model.roi_head
+        if getattr(roi_head, 'with_shared_head', False) or \
+                not hasattr(roi_head, 'bbox_roi_extractor'):
+            raise NotImplementedError(
+                f'{type(roi_head).__name__}: only a standard RoI head (RoI '
+                'extractor + box head, no shared head) exports as a graph')
+        self.bbox_head = roi_head.bbox_head
+
+    def forward(self, roi_feats: torch.Tensor):
+        return tuple(flatten_tensors(self.bbox_head(roi_feats)))
+
+    def output_names(self, num_outputs: int) -> List[str]:
+        """``cls_score`` and ``bbox_pred``."""
+        if num_outputs == 2:
+            return ['cls_score', 'bbox_pred']
+        return [f'output_{i}' for i in range(num_outputs)]
+
+    @staticmethod
+    def input_shape(model: nn.Module) -> tuple:
+        """``(1, C, S, S)``: one pooled RoI of ``model``'s extractor."""
+        extractor = model.roi_head.bbox_roi_extractor
+        size = extractor.roi_layers[0].output_size
+        size = size if isinstance(size, (tuple, list)) else (size, size)
+        return (1, int(extractor.out_channels)) + tuple(int(s) for s in size)
+
+
+def is_two_stage(model: nn.Module) -> bool:
+    """Whether ``model`` is an mmdet detector with an RPN and a RoI head."""
+    return hasattr(model, 'extract_feat') and \
+        getattr(model, 'rpn_head', None) is not None and \
+        getattr(model, 'roi_head', None) is not None
+
+
 def network_of(model: nn.Module) -> nn.Module:
     """Wrap ``model`` into the network the exporter puts into the graph.
 
@@ -82,8 +163,12 @@ def network_of(model: nn.Module) -> nn.Module:
             (float or fake-quantized).
 
     Returns:
-        nn.Module: :class:`ClassifierNetwork` or :class:`DenseHeadNetwork`.
+        nn.Module: :class:`ClassifierNetwork`, :class:`DenseHeadNetwork`
+        or, for a two-stage detector, its first graph
+        :class:`TwoStageNetwork` (the second is :class:`RoIHeadNetwork`).
     """
+    if is_two_stage(model):
+        return TwoStageNetwork(model)
     if hasattr(model, 'extract_feat') and getattr(model, 'rpn_head',
                                                   None) is not None:
         return DenseHeadNetwork(model, 'rpn_head',

@@ -39,7 +39,7 @@ from mmddaq.registry import MODELS
 from mmddaq.utils.checkpoint import load_checkpoint_safe
 from .convert import build_export_network
 from .int4 import pack_int4
-from .networks import network_of
+from .networks import RoIHeadNetwork, is_two_stage, network_of
 
 #: Smallest opset with per-channel (``axis``) DequantizeLinear.
 MIN_OPSET = 13
@@ -193,6 +193,12 @@ def export_network(network: nn.Module,
         network=export_net)
 
 
+def roi_head_path(out: str) -> str:
+    """Where the RoI-head graph of a two-stage detector exported to
+    ``out`` goes: ``<out without .onnx>.roi_head.onnx``."""
+    return osp.splitext(out)[0] + '.roi_head.onnx'
+
+
 def export_onnx(model: nn.Module,
                 out: str,
                 input_shape: Sequence[int],
@@ -203,7 +209,10 @@ def export_onnx(model: nn.Module,
     """Export the network part of an OpenMMLab model to ONNX.
 
     The network part is chosen by :func:`network_of` (classifier logits,
-    or a detector's raw dense-head outputs); see :func:`export_network`.
+    or a detector's raw dense-head outputs); see :func:`export_network`. A
+    two-stage detector gives two graphs: ``out`` (backbone, neck, RPN; it
+    also returns the neck features) and :func:`roi_head_path` of ``out``
+    (the RoI box head on pooled RoI features).
 
     Args:
         model (nn.Module): mmpretrain classifier or mmdet detector, float
@@ -217,11 +226,22 @@ def export_onnx(model: nn.Module,
         int4 (bool): Use int4/uint4 types for 4-bit grids (opset 21).
 
     Returns:
-        dict: See :func:`export_network`.
+        dict: See :func:`export_network`; for a two-stage detector also
+        ``roi_head``, the same for the RoI-head graph.
     """
     check_output_path(out, overwrite)
-    return export_network(network_of(model), out, input_shape, quantize,
-                          opset, overwrite, int4)
+    two_stage = is_two_stage(model)
+    if two_stage:  # both files are checked before either is written
+        check_output_path(roi_head_path(out), overwrite)
+        roi_network = RoIHeadNetwork(model)
+    result = export_network(network_of(model), out, input_shape, quantize,
+                            opset, overwrite, int4)
+    if two_stage:
+        result['roi_head'] = export_network(
+            roi_network, roi_head_path(out),
+            RoIHeadNetwork.input_shape(model), quantize, opset, overwrite,
+            int4)
+    return result
 
 
 def onnxruntime_session(path: str,
@@ -436,4 +456,13 @@ def export_checkpoint(config: str,
         result['verification'] = verify_export(out, network, probe)
         result['verification_float_bias'] = verify_export(
             out, network, probe, quantize_bias=False)
+        if 'roi_head' in result:
+            roi = result['roi_head']
+            feats = torch.randn((8, ) + tuple(roi['input_shape'][1:]),
+                                generator=torch.Generator().manual_seed(2))
+            roi_network = RoIHeadNetwork(model.quantized).eval()
+            roi['verification'] = verify_export(roi['path'], roi_network,
+                                                feats)
+            roi['verification_float_bias'] = verify_export(
+                roi['path'], roi_network, feats, quantize_bias=False)
     return result

@@ -13,7 +13,8 @@ from torch import nn
 
 from mmddaq.importance import (layer_of_each_bn, limit_span,
                                normalize_mean_one, tap_weights)
-from mmddaq.losses import BNStatisticsLoss, DiscrepancyLoss
+from mmddaq.losses import (BNStatisticsLoss, DiscrepancyLoss,
+                           pairwise_diversity_loss)
 from mmddaq.quantization import (activation_quantizers, observation_disabled,
                                  quantize_weights_once, quantized_layers)
 from mmddaq.registry import MODELS
@@ -21,7 +22,8 @@ from mmddaq.utils.checkpoint import load_checkpoint_safe, state_dict_mismatch
 from mmddaq.utils.nested import detach_nested
 from .recorder import OutputRecorder
 
-DEFAULT_LOSS_WEIGHTS = dict(ce=1.0, bns=0.1, dis=1.0, kd=1.0, q_dis=1.0)
+DEFAULT_LOSS_WEIGHTS = dict(ce=1.0, bns=0.1, dis=1.0, kd=1.0, q_dis=1.0,
+                            div=0.)
 
 
 def _freeze(module: nn.Module) -> None:
@@ -72,9 +74,11 @@ class DDAQ(BaseModel):
     copy ``quantized`` and the ``generator``. One :meth:`train_step` draws
     one batch of synthetic inputs that feeds both updates:
 
-    - generator: ``L_G = ce * CE + bns * L_BNS - dis * L_DIS`` (D1 is the
-      BN-statistics loss, D2 the importance-weighted FP/quantized
-      discrepancy; CE only for class-conditional generators);
+    - generator: ``L_G = ce * CE + bns * L_BNS + div * L_DIV - dis * L_DIS``
+      (D1 is the BN-statistics loss, D2 the importance-weighted
+      FP/quantized discrepancy; CE only for class-conditional generators:
+      a classifier's cross-entropy, a detector's detection prior; L_DIV
+      the batch's pairwise diversity of FP tap features, off by default);
     - quantized model: ``L_Q = kd * KD + q_dis * L_DIS``, with the FP
       outputs of the generator step reused, not recomputed.
 
@@ -97,7 +101,8 @@ class DDAQ(BaseModel):
         fp_checkpoint (str, optional): Weights of the FP model. Keys must
             match the architecture exactly.
         input_shape (tuple): ``(C, H, W)`` of one model input.
-        loss_weights (dict): ``ce``, ``bns``, ``dis``, ``kd``, ``q_dis``.
+        loss_weights (dict): ``ce``, ``bns``, ``dis``, ``kd``, ``q_dis``,
+            ``div``.
         sample_source (str): ``'generator'``, ``'gaussian'`` or ``'pool'``.
         eval_model (str): ``'quantized'`` or ``'fp'``.
         importance_span (float, optional): Largest ratio between two layer
@@ -342,6 +347,9 @@ class DDAQ(BaseModel):
             losses['loss_bns'] = self.bns_loss()
         if labels is not None and w['ce'] > 0 and x.requires_grad:
             losses['loss_ce'] = self.adapter.task_loss(fp_out, labels)
+        if w['div'] > 0 and x.requires_grad:
+            losses['loss_div'] = pairwise_diversity_loss(
+                [fp_feats[t] for t in self.taps])
         q_out = None
         if need_kd or need_dis_grad or calibrating:
             fp_out_d = detach_nested(fp_out)
@@ -419,7 +427,8 @@ class DDAQ(BaseModel):
         log_vars = {}
         if update_g:
             loss_g = x.new_zeros(())
-            for key, weight in (('loss_ce', w['ce']), ('loss_bns', w['bns'])):
+            for key, weight in (('loss_ce', w['ce']), ('loss_bns', w['bns']),
+                                ('loss_div', w['div'])):
                 if key in losses:
                     loss_g = loss_g + weight * losses[key]
             if need_dis_grad:

@@ -189,28 +189,36 @@ def synthetic_img_metas(inputs: torch.Tensor) -> List[dict]:
 class DetectorAdapterBase:
     """Task adapter for mmdet detectors: shared parts.
 
-    Detectors have no labels to condition on; the generator is
-    unconditional and the distillation compares head outputs. The
-    adapter's :meth:`forward` returns a dict of named head outputs;
-    :meth:`distill_loss` sums the score and box terms over them.
+    The adapter's :meth:`forward` returns a dict of named head outputs;
+    :meth:`distill_loss` sums the score and box terms over them. A
+    class-conditional generator (``num_classes`` = the detector's classes,
+    loss weight ``ce`` > 0) gets a detection prior from :meth:`task_loss`:
+    the FP detector should find an object of each image's label in it.
 
     Args:
         taps (Sequence[str], optional): Submodules compared by D2.
             Defaults to the backbone stages, the neck and the heads.
         box_weight (float): Weight of the box-regression KD term.
             Defaults to 1.
+        kd_weighting (str): ``'confidence'`` or ``'uniform'`` KD.
+        prior_topk (int): Anchors (or RoIs) per generated image that the
+            detection prior pushes towards the image's label. Defaults
+            to 8.
     """
 
-    conditional = False
     #: head submodules whose outputs are tapped by default
     head_taps: Sequence[str] = ()
 
     def __init__(self, taps: Sequence[str] = None,
                  box_weight: float = 1.0,
-                 kd_weighting: str = 'confidence') -> None:
+                 kd_weighting: str = 'confidence',
+                 prior_topk: int = 8) -> None:
         self.taps = list(taps) if taps else None
         self.box_weight = box_weight
         self.kd_weighting = _check_weighting(kd_weighting)
+        if int(prior_topk) < 1:
+            raise ValueError(f'prior_topk must be >= 1, got {prior_topk}')
+        self.prior_topk = int(prior_topk)
 
     def default_taps(self, model: nn.Module) -> List[str]:
         """Backbone stages, the neck and the heads of ``model``."""
@@ -228,9 +236,11 @@ class DetectorAdapterBase:
         taps += [t for t in self.head_taps if t in modules]
         return taps
 
-    @staticmethod
-    def task_loss(fp_out, labels):
-        raise RuntimeError('detectors use an unconditional generator')
+    def task_loss(self, fp_out: Dict[str, object],
+                  labels: torch.Tensor) -> torch.Tensor:
+        """Detection prior of a class-conditional generator (see
+        :mod:`mmddaq.losses.detection_prior`); per detector family."""
+        raise NotImplementedError
 
     def self_loss(self, out: Dict[str, object]) -> torch.Tensor:
         """Distillation of the outputs towards themselves (for Hessians).

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from mmddaq.registry import MODELS
+from mmddaq.losses import dense_class_prior
 from .detector_base import DetectorAdapterBase, dense_kd
 
 
@@ -24,6 +25,8 @@ class OneStageDetectorAdapter(DetectorAdapterBase):
         kd_weighting (str): ``'confidence'`` (default): each anchor counts
             by the FP model's top class probability, normalised per level;
             ``'uniform'``: a plain mean over anchors and classes.
+        prior_topk (int): Anchors per generated image that the detection
+            prior (:meth:`task_loss`) pushes towards its label.
     """
 
     head_taps = ('bbox_head', )
@@ -34,6 +37,15 @@ class OneStageDetectorAdapter(DetectorAdapterBase):
         feats = model.extract_feat(inputs)
         cls_scores, bbox_preds = model.bbox_head(feats)[:2]
         return dict(cls_scores=list(cls_scores), bbox_preds=list(bbox_preds))
+
+    def task_loss(self, fp_out: Dict[str, list],
+                  labels: torch.Tensor) -> torch.Tensor:
+        """The FP head should detect each image's label: its ``prior_topk``
+        best anchors for that class, over all levels, towards score 1."""
+        scores, boxes = fp_out['cls_scores'], fp_out['bbox_preds']
+        num_classes = scores[0].shape[1] // (boxes[0].shape[1] // 4)
+        return dense_class_prior(scores, labels, num_classes,
+                                 self.prior_topk)
 
     def distill_loss(self, fp_out: Dict[str, list],
                      q_out: Dict[str, list]) -> torch.Tensor:

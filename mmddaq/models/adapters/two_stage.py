@@ -4,6 +4,7 @@ from typing import Dict
 import torch
 from torch import nn
 
+from mmddaq.losses import dense_class_prior, roi_class_prior
 from mmddaq.registry import MODELS
 from .detector_base import (DetectorAdapterBase, dense_kd, roi_kd,
                             synthetic_img_metas)
@@ -30,14 +31,18 @@ class TwoStageDetectorAdapter(DetectorAdapterBase):
             the weights' sum); ``'uniform'``: plain means.
         max_proposals (int): Proposals per image kept for distillation.
             Defaults to 256.
+        prior_topk (int): Anchors and RoIs per generated image that the
+            detection prior (:meth:`task_loss`) pushes towards an object
+            of its label.
     """
 
     head_taps = ('rpn_head', 'roi_head.bbox_head')
 
     def __init__(self, taps=None, box_weight: float = 1.0,
                  max_proposals: int = 256,
-                 kd_weighting: str = 'confidence') -> None:
-        super().__init__(taps, box_weight, kd_weighting)
+                 kd_weighting: str = 'confidence',
+                 prior_topk: int = 8) -> None:
+        super().__init__(taps, box_weight, kd_weighting, prior_topk)
         self.max_proposals = max_proposals
 
     def forward(self, model: nn.Module, inputs: torch.Tensor,
@@ -70,6 +75,22 @@ class TwoStageDetectorAdapter(DetectorAdapterBase):
             cls_score=roi_out['cls_score'],
             bbox_pred=roi_out['bbox_pred'],
             proposals=boxes)
+
+    def task_loss(self, fp_out: Dict[str, object],
+                  labels: torch.Tensor) -> torch.Tensor:
+        """The FP detector should find each image's label: the RPN's
+        ``prior_topk`` best anchors towards objectness 1, plus the RoI
+        head's ``prior_topk`` RoIs most likely of the label towards it."""
+        scores, deltas = fp_out['rpn_scores'], fp_out['rpn_deltas']
+        per_anchor = scores[0].shape[1] // (deltas[0].shape[1] // 4)
+        if per_anchor != 1:
+            raise ValueError('the detection prior needs a sigmoid RPN (one '
+                             f'score per anchor), got {per_anchor}')
+        rpn = dense_class_prior(scores, torch.zeros_like(labels), 1,
+                                self.prior_topk)
+        counts = [len(b) for b in fp_out['proposals']]
+        return rpn + roi_class_prior(fp_out['cls_score'], counts, labels,
+                                     self.prior_topk)
 
     def distill_loss(self, fp_out: Dict[str, object],
                      q_out: Dict[str, object]) -> torch.Tensor:

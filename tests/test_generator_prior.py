@@ -1,0 +1,106 @@
+"""The detection prior and the diversity term of the generator."""
+import pytest
+import torch
+
+from mmddaq.losses import (dense_class_prior, pairwise_diversity_loss,
+                           roi_class_prior)
+from test_detection import build
+
+
+def _levels(n=2, anchors=3, classes=4, sizes=(8, 4)):
+    torch.manual_seed(0)
+    return [torch.randn(n, anchors * classes, s, s, requires_grad=True)
+            for s in sizes]
+
+
+def test_dense_prior_raises_the_label_and_nothing_else():
+    scores = _levels()
+    labels = torch.tensor([1, 3])
+    before = [s.detach().clone() for s in scores]
+    loss = dense_class_prior(scores, labels, num_classes=4, topk=5)
+    loss.backward()
+    for s, b in zip(scores, before):
+        g = s.grad.reshape(2, 3, 4, *s.shape[-2:])
+        # gradient only on each image's own class channel, and it raises it
+        for img, label in enumerate(labels.tolist()):
+            others = [c for c in range(4) if c != label]
+            assert g[img, :, others].abs().sum() == 0
+            assert (g[img, :, label] <= 0).all()
+    n_touched = sum(int((s.grad != 0).sum()) for s in scores)
+    assert n_touched == 2 * 5  # topk anchors per image, over both levels
+    # steps along the gradient make the label's best anchors confident
+    opt = torch.optim.SGD(scores, lr=5.)
+    for _ in range(50):
+        opt.zero_grad()
+        dense_class_prior(scores, labels, 4, topk=5).backward()
+        opt.step()
+    assert dense_class_prior(scores, labels, 4, topk=5) < 0.5 * loss.detach()
+
+
+def test_dense_prior_rejects_bad_input():
+    scores = _levels()
+    with pytest.raises(ValueError, match='multiple of num_classes'):
+        dense_class_prior(scores, torch.tensor([0, 1]), num_classes=5)
+    with pytest.raises(ValueError, match='topk'):
+        dense_class_prior(scores, torch.tensor([0, 1]), 4, topk=0)
+
+
+def test_roi_prior_uses_each_images_own_rois():
+    torch.manual_seed(0)
+    logits = torch.randn(7, 6, requires_grad=True)  # 5 classes + bg
+    labels = torch.tensor([2, 4])
+    loss = roi_class_prior(logits, [3, 4], labels, topk=2)
+    loss.backward()
+    grad = logits.grad
+    # image 0 owns rows 0-2, image 1 rows 3-6; 2 RoIs each receive gradient
+    assert int((grad[:3].abs().sum(1) > 0).sum()) == 2
+    assert int((grad[3:].abs().sum(1) > 0).sum()) == 2
+    # their label's logit goes up
+    assert (grad[:3, 2] <= 0).all() and (grad[3:, 4] <= 0).all()
+    empty = torch.zeros(0, 6, requires_grad=True)
+    assert float(roi_class_prior(empty, [0, 0], labels).detach()) == 0.
+
+
+def test_diversity_loss_is_largest_for_a_collapsed_batch():
+    torch.manual_seed(0)
+    diverse = torch.randn(6, 3, 8, 8)
+    collapsed = diverse[:1].repeat(6, 1, 1, 1) + \
+        1e-3 * torch.randn(6, 3, 8, 8)
+    assert pairwise_diversity_loss(collapsed) > \
+        pairwise_diversity_loss(diverse) + 3
+    # scale-free: a feature 1000x larger counts the same
+    a = pairwise_diversity_loss([diverse, diverse[:, :1]])
+    b = pairwise_diversity_loss([diverse, 1000 * diverse[:, :1]])
+    assert torch.allclose(a, b, rtol=1e-4)
+    # gradient descent moves collapsed samples apart
+    x = collapsed.clone().requires_grad_(True)
+    opt = torch.optim.SGD([x], lr=0.01)
+    start = float(pairwise_diversity_loss(x))
+    for _ in range(20):
+        opt.zero_grad()
+        pairwise_diversity_loss(x).backward()
+        opt.step()
+    assert float(pairwise_diversity_loss(x)) < start - 1
+    assert float(pairwise_diversity_loss(diverse[:1])) == 0.
+
+
+@pytest.mark.parametrize('kind', ['retinanet', 'faster_rcnn'])
+def test_conditional_generator_with_prior_and_diversity(kind, tmp_path):
+    model, optim = build(
+        kind, tmp_path,
+        loss_weights=dict(ce=1., bns=1., div=0.5, dis=1.),
+        generator=dict(type='mmddaq.Generator', img_size=64, latent_dim=16,
+                       base_channels=16, num_upsamples=3, num_classes=5))
+    before = {k: v.clone() for k, v in model.generator.state_dict().items()}
+    log = model.train_step(
+        dict(batch_size=4, update_generator=True, update_quantized=False),
+        optim)
+    assert {'loss_ce', 'loss_div', 'loss_bns', 'loss_g'} <= set(log)
+    assert all(torch.isfinite(v) for v in log.values())
+    changed = [k for k, v in model.generator.state_dict().items()
+               if v.is_floating_point() and not torch.equal(v, before[k])]
+    assert any(k.startswith('label_emb') for k in changed)
+    # the prior is the adapter's: the FP model's outputs on the batch
+    x = torch.randn(2, 3, 64, 64)
+    out = model.adapter.forward(model.fp_model, x)
+    assert model.adapter.task_loss(out, torch.tensor([0, 4])) > 0
