@@ -324,27 +324,36 @@ def test_export_tiny_faster_rcnn_two_graphs(tmp_path):
     assert_close(roi_ref, run_onnxruntime(
         onnxruntime_session(roi['path'], quantize_bias=False), feats))
     # both graphs chained through mmdet's proposal, RoIAlign and decoding
-    # give the fake-quant model's detections
+    # give the fake-quant model's detections (rescaled to the original size)
     from mmdet.structures import DetDataSample
     samples = [DetDataSample(metainfo=dict(
-        img_shape=(SIZE, SIZE), ori_shape=(SIZE, SIZE), scale_factor=(1., 1.),
-        pad_shape=(SIZE, SIZE), batch_input_shape=(SIZE, SIZE)))
-        for _ in range(2)]
+        img_shape=(SIZE, SIZE), ori_shape=(2 * SIZE, 3 * SIZE),
+        scale_factor=(1 / 3, 1 / 2), pad_shape=(SIZE, SIZE),
+        batch_input_shape=(SIZE, SIZE))) for _ in range(2)]
     backed = OnnxRuntimeModel(
         detector, onnxruntime_session(out, quantize_bias=False),
         onnxruntime_session(roi['path'], quantize_bias=False))
-    outputs = [torch.from_numpy(o) for o in run_onnxruntime(
-        backed.session, x)]
-    ort_pred = backed._postprocess(outputs, [s.clone() for s in samples])
-    with torch.no_grad(), observation_disabled(detector):
-        torch_pred = detector.predict(x, [s.clone() for s in samples])
-    for a, b in zip(ort_pred, torch_pred):
-        pa, pb = a.pred_instances, b.pred_instances
+
+    def both():
+        outputs = [torch.from_numpy(o)
+                   for o in run_onnxruntime(backed.session, x)]
+        ort = backed._postprocess(outputs, [s.clone() for s in samples])
+        with torch.no_grad(), observation_disabled(detector):
+            ref = detector.predict(x, [s.clone() for s in samples])
+        return [(a.pred_instances, b.pred_instances)
+                for a, b in zip(ort, ref)]
+
+    for pa, pb in both():
         assert len(pa) == len(pb) > 0
+        assert float(pa.bboxes[:, 2].max()) > SIZE  # rescaled
         torch.testing.assert_close(pa.bboxes, pb.bboxes, atol=1e-2,
                                    rtol=1e-3)
         torch.testing.assert_close(pa.scores, pb.scores, atol=1e-3,
                                    rtol=1e-3)
+    # no proposal survives: no detection, as in PyTorch
+    detector.rpn_head.test_cfg.min_bbox_size = 10 * SIZE
+    for pa, pb in both():
+        assert len(pa) == len(pb) == 0
     # refuses to overwrite either file
     with pytest.raises(FileExistsError):
         export_onnx(detector, out, (3, SIZE, SIZE))

@@ -43,6 +43,11 @@ def test_dense_prior_rejects_bad_input():
         dense_class_prior(scores, torch.tensor([0, 1]), num_classes=5)
     with pytest.raises(ValueError, match='topk'):
         dense_class_prior(scores, torch.tensor([0, 1]), 4, topk=0)
+    # a label the detector does not have: the class counts differ
+    with pytest.raises(ValueError, match='num_classes must equal'):
+        dense_class_prior(scores, torch.tensor([0, 4]), 4)
+    with pytest.raises(ValueError, match='num_classes must equal'):
+        roi_class_prior(torch.randn(3, 6), [3], torch.tensor([5]))
 
 
 def test_roi_prior_uses_each_images_own_rois():
@@ -82,6 +87,8 @@ def test_diversity_loss_is_largest_for_a_collapsed_batch():
         opt.step()
     assert float(pairwise_diversity_loss(x)) < start - 1
     assert float(pairwise_diversity_loss(diverse[:1])) == 0.
+    with pytest.raises(ValueError, match='one row per sample'):
+        pairwise_diversity_loss([diverse, torch.randn(7, 4)])
 
 
 @pytest.mark.parametrize('kind', ['retinanet', 'faster_rcnn'])
@@ -100,7 +107,28 @@ def test_conditional_generator_with_prior_and_diversity(kind, tmp_path):
     changed = [k for k, v in model.generator.state_dict().items()
                if v.is_floating_point() and not torch.equal(v, before[k])]
     assert any(k.startswith('label_emb') for k in changed)
-    # the prior is the adapter's: the FP model's outputs on the batch
-    x = torch.randn(2, 3, 64, 64)
-    out = model.adapter.forward(model.fp_model, x)
-    assert model.adapter.task_loss(out, torch.tensor([0, 4])) > 0
+
+
+@pytest.mark.parametrize('kind', ['retinanet', 'faster_rcnn'])
+def test_the_prior_alone_trains_the_generator_towards_its_labels(
+        kind, tmp_path):
+    # no D1, no D2, no diversity: any generator update comes from the prior
+    model, optim = build(
+        kind, tmp_path, loss_weights=dict(ce=1., bns=0., dis=0., q_dis=0.),
+        generator=dict(type='mmddaq.Generator', img_size=64, latent_dim=16,
+                       base_channels=16, num_upsamples=3, num_classes=5))
+    plan = dict(batch_size=4, update_generator=True, update_quantized=False)
+    torch.manual_seed(1)
+    z, labels = model.generator.sample_noise(8)
+
+    def prior():
+        with torch.no_grad():
+            x = model.generator(z, labels)
+            return float(model.adapter.task_loss(
+                model.adapter.forward(model.fp_model, x), labels))
+
+    start = prior()
+    for _ in range(15):
+        log = model.train_step(plan, optim)
+        assert set(log) == {'loss_ce', 'loss_g'}
+    assert prior() < start

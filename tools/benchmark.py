@@ -290,7 +290,8 @@ def run_speed(args):
     for name in args.models:
         suite = SUITES[name]
         if any(r['suite'] == 'speed' and r['model'] == suite['model']
-               and r.get('device', 'cpu') == args.device for r in rows):
+               and r.get('device', 'cpu') == args.device
+               and r['metric'] in SPEED_METRICS for r in rows):
             continue
         # timing needs no trained weights (--random-weights skips training)
         fp_ckpt = None if args.random_weights else prepare_suite(suite)
@@ -337,7 +338,7 @@ def run_seconds_to_quality(args):
                      w_bits=4, a_bits=4, seed=0, metric='seconds_to_quality',
                      value=round(m['seconds'], 2), quality_metric=metric,
                      quality=m[key], seconds=round(m['seconds'], 2),
-                     device='cpu'))
+                     device=args.device))
             print(f'[benchmark] seconds to quality {suite["model"]} '
                   f'{method}: {m["seconds"]:.0f} s to {metric} = '
                   f'{m[key]:.4f}', flush=True)

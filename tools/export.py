@@ -8,7 +8,10 @@ CONFIG is the DDAQ / PTQ config the checkpoint was trained with (the
 checkpoint holds the FP and the quantized model; the quantized one is
 exported). The graph takes the normalised input (after the data
 preprocessor) and returns the logits (classifiers) or the raw per-level
-head outputs (detectors; box decoding and NMS stay outside). BatchNorm is
+head outputs (detectors; box decoding and NMS stay outside). A two-stage
+detector gives a second file, FILE.roi_head.onnx (the RoI box head on
+pooled RoI features; proposals, NMS and RoIAlign run between the two
+graphs, see mmddaq.export.evaluate). BatchNorm is
 folded; weights are int8 initializers with per-channel DequantizeLinear;
 layer inputs go through per-tensor QuantizeLinear/DequantizeLinear.
 Unless --no-verify, onnxruntime's outputs are compared with the PyTorch

@@ -123,11 +123,15 @@ class RoIHeadNetwork(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         roi_head = model.roi_head
+        extractor = getattr(roi_head, 'bbox_roi_extractor', None)
         if getattr(roi_head, 'with_shared_head', False) or \
-                not hasattr(roi_head, 'bbox_roi_extractor'):
+                getattr(roi_head, 'with_mask', False) or \
+                not isinstance(extractor, nn.Module) or \
+                isinstance(extractor, nn.ModuleList):
             raise NotImplementedError(
-                f'{type(roi_head).__name__}: only a standard RoI head (RoI '
-                'extractor + box head, no shared head) exports as a graph')
+                f'{type(roi_head).__name__}: only a standard RoI head (one '
+                'RoI extractor + one box head, no shared head, no mask '
+                'head) exports as a graph')
         self.bbox_head = roi_head.bbox_head
 
     def forward(self, roi_feats: torch.Tensor):

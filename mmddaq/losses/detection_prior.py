@@ -20,6 +20,15 @@ def _check_topk(topk: int) -> int:
     return int(topk)
 
 
+def _check_labels(labels: torch.Tensor, num_classes: int) -> None:
+    if labels.numel() and (int(labels.min()) < 0
+                           or int(labels.max()) >= num_classes):
+        raise ValueError(
+            f'generator labels must lie in [0, {num_classes}), got '
+            f'{int(labels.min())}..{int(labels.max())}: the generator\'s '
+            'num_classes must equal the detector\'s')
+
+
 def dense_class_prior(cls_scores: Sequence[torch.Tensor],
                       labels: torch.Tensor,
                       num_classes: int,
@@ -40,8 +49,9 @@ def dense_class_prior(cls_scores: Sequence[torch.Tensor],
         Tensor: Mean binary cross-entropy of those anchors towards 1.
     """
     topk = _check_topk(topk)
+    _check_labels(labels, num_classes)
     n = labels.shape[0]
-    index = labels.long().view(n, 1, 1, 1).clamp(0, num_classes - 1)
+    index = labels.long().view(n, 1, 1, 1)
     logits = []
     for s in cls_scores:
         _, ac, h, w = s.shape
@@ -72,6 +82,7 @@ def roi_class_prior(cls_score: torch.Tensor, rois_per_image: Sequence[int],
         Tensor: Mean cross-entropy over the chosen RoIs (0 without RoIs).
     """
     topk = _check_topk(topk)
+    _check_labels(labels, cls_score.shape[1] - 1)  # background is last
     losses = []
     for logits, label in zip(cls_score.float().split(list(rois_per_image)),
                              labels.long()):

@@ -31,6 +31,10 @@ def pairwise_diversity_loss(features: Any, eps: float = 1e-4) -> torch.Tensor:
     if not tensors:
         raise ValueError('pairwise_diversity_loss got no tensors')
     n = tensors[0].shape[0]
+    if any(t.shape[0] != n for t in tensors):
+        raise ValueError('pairwise_diversity_loss needs one row per sample '
+                         'in every tensor, got first dimensions '
+                         f'{sorted({t.shape[0] for t in tensors})}')
     if n < 2:
         return tensors[0].sum() * 0.
     dist = 0.

@@ -19,7 +19,7 @@ from mmddaq.quantization import (activation_quantizers, observation_disabled,
                                  quantize_weights_once, quantized_layers)
 from mmddaq.registry import MODELS
 from mmddaq.utils.checkpoint import load_checkpoint_safe, state_dict_mismatch
-from mmddaq.utils.nested import detach_nested
+from mmddaq.utils.nested import detach_nested, flatten_tensors
 from .recorder import OutputRecorder
 
 DEFAULT_LOSS_WEIGHTS = dict(ce=1.0, bns=0.1, dis=1.0, kd=1.0, q_dis=1.0,
@@ -348,8 +348,10 @@ class DDAQ(BaseModel):
         if labels is not None and w['ce'] > 0 and x.requires_grad:
             losses['loss_ce'] = self.adapter.task_loss(fp_out, labels)
         if w['div'] > 0 and x.requires_grad:
-            losses['loss_div'] = pairwise_diversity_loss(
-                [fp_feats[t] for t in self.taps])
+            # per-image taps only (a RoI head's outputs are per proposal)
+            losses['loss_div'] = pairwise_diversity_loss([
+                t for tap in self.taps for t in flatten_tensors(fp_feats[tap])
+                if t.shape[0] == x.shape[0]])
         q_out = None
         if need_kd or need_dis_grad or calibrating:
             fp_out_d = detach_nested(fp_out)

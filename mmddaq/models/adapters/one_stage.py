@@ -35,17 +35,22 @@ class OneStageDetectorAdapter(DetectorAdapterBase):
                 reference=None) -> Dict[str, list]:
         """Per-level head outputs of ``model`` for normalised ``inputs``."""
         feats = model.extract_feat(inputs)
-        cls_scores, bbox_preds = model.bbox_head(feats)[:2]
-        return dict(cls_scores=list(cls_scores), bbox_preds=list(bbox_preds))
+        head = model.bbox_head
+        cls_scores, bbox_preds = head(feats)[:2]
+        return dict(cls_scores=list(cls_scores), bbox_preds=list(bbox_preds),
+                    cls_out_channels=int(head.cls_out_channels),
+                    use_sigmoid=bool(getattr(head, 'use_sigmoid_cls', True)))
 
     def task_loss(self, fp_out: Dict[str, list],
                   labels: torch.Tensor) -> torch.Tensor:
         """The FP head should detect each image's label: its ``prior_topk``
         best anchors for that class, over all levels, towards score 1."""
-        scores, boxes = fp_out['cls_scores'], fp_out['bbox_preds']
-        num_classes = scores[0].shape[1] // (boxes[0].shape[1] // 4)
-        return dense_class_prior(scores, labels, num_classes,
-                                 self.prior_topk)
+        if not fp_out['use_sigmoid']:
+            raise NotImplementedError(
+                'the detection prior needs a sigmoid-scored dense head '
+                '(RetinaNet-style); this head scores with a softmax')
+        return dense_class_prior(fp_out['cls_scores'], labels,
+                                 fp_out['cls_out_channels'], self.prior_topk)
 
     def distill_loss(self, fp_out: Dict[str, list],
                      q_out: Dict[str, list]) -> torch.Tensor:
