@@ -7,6 +7,34 @@ from mmddaq.losses import (dense_class_prior, pairwise_diversity_loss,
 from test_detection import build
 
 
+class _Algorithm:
+    """What a sample source reads from the algorithm."""
+    input_shape = (3, 8, 8)
+
+    def device_of(self):
+        return torch.device('cpu')
+
+    def sample_inputs(self, n):
+        return torch.full((n, *self.input_shape), 7.), None
+
+
+def test_mixed_samples_draw_each_source_in_proportion():
+    from mmddaq.registry import SAMPLE_SOURCES
+    source = SAMPLE_SOURCES.build(dict(
+        type='mmddaq.MixedSamples',
+        sources=[dict(type='mmddaq.AlgorithmSamples'),
+                 dict(type='mmddaq.GaussianSamples')],
+        fractions=[3, 1]))
+    pool = torch.cat(source(_Algorithm(), 10, 4))
+    assert pool.shape == (10, 3, 8, 8)
+    from_algorithm = (pool == 7.).flatten(1).all(1)
+    assert int(from_algorithm.sum()) == 7  # floor(0.75 * 10); noise the rest
+    with pytest.raises(ValueError, match='fractions'):
+        SAMPLE_SOURCES.build(dict(type='mmddaq.MixedSamples',
+                                  sources=[dict(type='mmddaq.GaussianSamples')],
+                                  fractions=[1, 1]))
+
+
 def _levels(n=2, anchors=3, classes=4, sizes=(8, 4)):
     torch.manual_seed(0)
     return [torch.randn(n, anchors * classes, s, s, requires_grad=True)

@@ -1,4 +1,8 @@
 from .generator import Generator
-from .sources import AlgorithmSamples, GaussianSamples, RealSamples
+from .sources import (AlgorithmSamples, GaussianSamples, MixedSamples,
+                      RealSamples)
 
-__all__ = ['Generator', 'AlgorithmSamples', 'GaussianSamples', 'RealSamples']
+__all__ = [
+    'Generator', 'AlgorithmSamples', 'GaussianSamples', 'MixedSamples',
+    'RealSamples'
+]

@@ -1,6 +1,6 @@
 """Sample sources: where a pool of calibration/reconstruction inputs comes
 from. Each returns batches in the model's normalised input space."""
-from typing import List
+from typing import List, Optional
 
 import torch
 from mmengine.runner import Runner
@@ -74,3 +74,42 @@ class RealSamples:
                              f'than the {num_samples} asked for')
         pool = torch.cat(inputs)[:num_samples]
         return list(pool.split(batch_size))
+
+
+@SAMPLE_SOURCES.register_module()
+class MixedSamples:
+    """A pool drawn from several sample sources, in given proportions.
+
+    E.g. a trained generator's samples next to Gaussian noise: ranges and
+    reconstruction see both what the generator learned to draw and inputs
+    that cover the whole input space.
+
+    Args:
+        sources (list[dict]): Sample source configs.
+        fractions (list[float], optional): Share of the pool each source
+            draws (normalised to sum 1); equal shares by default.
+    """
+
+    def __init__(self, sources: List[dict],
+                 fractions: Optional[List[float]] = None) -> None:
+        if not sources:
+            raise ValueError('MixedSamples needs at least one source')
+        fractions = [1.] * len(sources) if fractions is None \
+            else [float(f) for f in fractions]
+        if len(fractions) != len(sources) or min(fractions) < 0 or \
+                sum(fractions) <= 0:
+            raise ValueError('fractions must be one non-negative number per '
+                             f'source, not all zero; got {fractions}')
+        self.sources = [SAMPLE_SOURCES.build(s) for s in sources]
+        total = sum(fractions)
+        self.fractions = [f / total for f in fractions]
+
+    def __call__(self, algorithm, num_samples: int,
+                 batch_size: int) -> List[torch.Tensor]:
+        counts = [int(f * num_samples) for f in self.fractions[:-1]]
+        counts.append(num_samples - sum(counts))
+        batches = []
+        for source, count in zip(self.sources, counts):
+            if count > 0:
+                batches += source(algorithm, count, batch_size)
+        return batches
