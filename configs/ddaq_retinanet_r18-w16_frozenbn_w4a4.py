@@ -4,7 +4,10 @@
 #   configs/fp_retinanet_r18-w16_frozenbn.py (its header lists the steps)
 #   python tools/train.py configs/ddaq_retinanet_r18-w16_frozenbn_w4a4.py
 # D1 matches the backbone's frozen BN statistics, which describe the
-# pretraining patches, not the detection images.
+# pretraining patches, not the detection images. Chosen on the tune split
+# (docs/benchmarks.md, Round 5): a class-conditional generator with the
+# detection prior (without it the generator collapses onto one image), and
+# a post-training pool of its samples next to as many Gaussian ones.
 _base_ = [
     './_base_/ddaq_shapes_detection.py',
     './_base_/datasets/shapes_small_detection.py',
@@ -27,6 +30,25 @@ model = dict(
         first_last_layers=[
             'backbone.conv1', 'bbox_head.retina_cls', 'bbox_head.retina_reg'
         ]),
-    generator={{_base_.generator}},
+    # one of the 10 classes per image; the FP detector should find it there
+    generator=dict(
+        type='mmddaq.Generator', img_size=128, num_classes=10, latent_dim=64,
+        base_channels=64, num_upsamples=4),
     adapter=dict(type='mmddaq.OneStageDetectorAdapter'),
-    loss_weights={{_base_.loss_weights}})
+    loss_weights=dict(ce=1.0, bns=1.0, dis=1.0, kd=1.0, q_dis=1.0))
+custom_hooks = [
+    dict(type='mmddaq.LayerImportanceHook',
+         method=dict(type='HessianImportance', batch_size=4)),
+    dict(type='mmddaq.ActivationCalibrationHook', calib_iters=50),
+    dict(type='mmddaq.GeneratedSamplesHook', interval=200, num_samples=16),
+    dict(type='mmddaq.PostTrainingHook',
+         samples=dict(type='mmddaq.MixedSamples',
+                      sources=[dict(type='mmddaq.AlgorithmSamples'),
+                               dict(type='mmddaq.GaussianSamples')]),
+         num_samples=256,
+         batch_size=8,
+         observers=dict(weight=dict(type='mmddaq.MSEObserver'),
+                        act=dict(type='mmddaq.EMAMinMaxObserver')),
+         reconstruction=dict(
+             type='mmddaq.BlockReconstruction', iters=100, batch_size=8)),
+]

@@ -125,6 +125,9 @@ def test_ddaq_config_quantizes_the_frozen_bn_detector():
     arch = cfg.model.architecture
     assert arch.backbone.norm_eval and arch.backbone.frozen_stages == 1
     assert arch.bbox_head.num_classes == len(ALL_SHAPES_CLASSES)
+    # the detection prior: one of the detector's classes per generated image
+    assert cfg.model.generator.num_classes == len(ALL_SHAPES_CLASSES)
+    assert cfg.model.loss_weights.ce > 0
     assert cfg.test_dataloader.dataset.data_root == 'data/shapes_small/'
     assert 'shapes_small' in cfg.test_evaluator.ann_file
     assert cfg.model.fp_checkpoint.startswith(

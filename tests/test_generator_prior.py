@@ -160,3 +160,11 @@ def test_the_prior_alone_trains_the_generator_towards_its_labels(
         log = model.train_step(plan, optim)
         assert set(log) == {'loss_ce', 'loss_g'}
     assert prior() < start
+
+
+def test_generator_classes_must_be_the_detectors(tmp_path):
+    with pytest.raises(ValueError, match='num_classes=5'):
+        build('retinanet', tmp_path,
+              generator=dict(type='mmddaq.Generator', img_size=64,
+                             latent_dim=16, base_channels=16,
+                             num_upsamples=3, num_classes=3))

@@ -171,6 +171,13 @@ class DDAQ(BaseModel):
             self.generator = MODELS.build(generator)
         elif sample_source == 'generator':
             raise ValueError('sample_source="generator" needs a generator')
+        labels = getattr(self.generator, 'num_classes', None)
+        classes = self.adapter.num_classes(self.fp_model) \
+            if hasattr(self.adapter, 'num_classes') else None
+        if labels and classes and int(labels) != classes:
+            raise ValueError(
+                f'the generator draws {labels} classes but the model has '
+                f'{classes}: set generator num_classes={classes}')
         self.register_buffer('sample_pool', torch.empty(0))
 
         self.taps = self.adapter.default_taps(self.fp_model)

@@ -236,6 +236,17 @@ class DetectorAdapterBase:
         taps += [t for t in self.head_taps if t in modules]
         return taps
 
+    @staticmethod
+    def num_classes(model: nn.Module):
+        """Object classes of the detector (what a conditional generator's
+        labels must range over), or None if unknown."""
+        for head in ('bbox_head', 'roi_head'):
+            module = getattr(model, head, None)
+            module = getattr(module, 'bbox_head', module)
+            if getattr(module, 'num_classes', None):
+                return int(module.num_classes)
+        return None
+
     def task_loss(self, fp_out: Dict[str, object],
                   labels: torch.Tensor) -> torch.Tensor:
         """Detection prior of a class-conditional generator (see
