@@ -72,6 +72,20 @@ def test_derive_keeps_ddaq_and_leaves_the_input_alone():
     assert cfg.pretty_text == before
 
 
+def test_derived_pool_replaces_the_configs_own_sample_source():
+    # the frozen-BN config draws its pool from MixedSamples(sources=...);
+    # a derived method's source must not inherit those arguments
+    cfg = load_config(osp.join(ROOT, 'configs',
+                               'ddaq_retinanet_r18-w16_frozenbn_w4a4.py'))
+    for method, source in (('ptq-mse', 'mmddaq.GaussianSamples'),
+                           ('genie', 'mmddaq.AlgorithmSamples')):
+        post = [h for h in derive_method(cfg, method).custom_hooks
+                if h['type'].endswith('PostTrainingHook')]
+        assert [dict(h['samples']) for h in post] == [dict(type=source)]
+    from mmddaq.registry import HOOKS
+    HOOKS.build(post[0])  # builds (it did not with leaked arguments)
+
+
 def test_derive_errors_are_clear():
     with pytest.raises(ValueError, match='unknown method "qat2"'):
         derive_method(load_config(DDAQ_CONFIG), 'qat2')

@@ -59,10 +59,11 @@ def post_training_hook(cfg: Config, samples: dict,
                  if _hook_type(h) == POST_TRAINING),
                 dict(type='mmddaq.PostTrainingHook', num_samples=256,
                      reconstruction=dict(type='mmddaq.BlockReconstruction')))
-    hook.update(samples=samples,
-                observers=copy.deepcopy(hook.get('observers')
-                                        or MSE_OBSERVERS),
-                calibrate=True)
+    # assigned, not merged: a config's own source (e.g. MixedSamples with
+    # its `sources`) must not leak its arguments into the new one
+    hook['samples'] = copy.deepcopy(samples)
+    hook['observers'] = copy.deepcopy(hook.get('observers') or MSE_OBSERVERS)
+    hook['calibrate'] = True
     if not reconstruction:
         hook['reconstruction'] = None
     elif not hook.get('reconstruction'):
