@@ -343,13 +343,17 @@ def test_export_tiny_faster_rcnn_two_graphs(tmp_path):
         return [(a.pred_instances, b.pred_instances)
                 for a, b in zip(ort, ref)]
 
+    from mmdet.structures.bbox import bbox_overlaps
     for pa, pb in both():
         assert len(pa) == len(pb) > 0
         assert float(pa.bboxes[:, 2].max()) > SIZE  # rescaled
-        torch.testing.assert_close(pa.bboxes, pb.bboxes, atol=1e-2,
+        # same scores; the same boxes up to equal-score ties swapped at the
+        # max_per_img cut-off (thread-dependent rounding)
+        torch.testing.assert_close(pa.scores.sort().values,
+                                   pb.scores.sort().values, atol=1e-3,
                                    rtol=1e-3)
-        torch.testing.assert_close(pa.scores, pb.scores, atol=1e-3,
-                                   rtol=1e-3)
+        same = bbox_overlaps(pa.bboxes, pb.bboxes).amax(dim=1) > 0.99
+        assert float(same.float().mean()) >= 0.95
     # no proposal survives: no detection, as in PyTorch
     detector.rpn_head.test_cfg.min_bbox_size = 10 * SIZE
     for pa, pb in both():

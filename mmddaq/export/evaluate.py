@@ -17,7 +17,8 @@ from mmengine.utils import ProgressBar
 from torch import nn
 
 from mmddaq.apis.metrics import complete_metrics
-from .networks import DenseHeadNetwork, TwoStageNetwork, network_of
+from .networks import (DenseHeadNetwork, TwoStageNetwork, is_two_stage,
+                       network_of)
 from .onnx_export import onnxruntime_session, roi_head_path, run_onnxruntime
 
 
@@ -131,7 +132,7 @@ def evaluate_onnx(cfg, model: nn.Module, onnx_file: str,
     """
     session = onnxruntime_session(onnx_file, quantize_bias=quantize_bias)
     roi_session = None
-    if isinstance(network_of(model), TwoStageNetwork):
+    if is_two_stage(model):
         roi_session = onnxruntime_session(roi_head_path(onnx_file),
                                           quantize_bias=quantize_bias)
     backed = OnnxRuntimeModel(model, session, roi_session)

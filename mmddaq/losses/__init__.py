@@ -1,5 +1,5 @@
 from .bns_loss import BNStatisticsLoss, batchnorm_layers
-from .detection_prior import dense_class_prior, roi_class_prior
+from .detection_prior import check_topk, dense_class_prior, roi_class_prior
 from .discrepancy_loss import DiscrepancyLoss, normalized_mse
 from .diversity_loss import pairwise_diversity_loss
 from .kd_loss import SoftmaxKDLoss
@@ -7,5 +7,5 @@ from .kd_loss import SoftmaxKDLoss
 __all__ = [
     'BNStatisticsLoss', 'batchnorm_layers', 'DiscrepancyLoss',
     'normalized_mse', 'SoftmaxKDLoss', 'dense_class_prior',
-    'roi_class_prior', 'pairwise_diversity_loss'
+    'roi_class_prior', 'pairwise_diversity_loss', 'check_topk'
 ]

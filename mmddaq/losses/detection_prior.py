@@ -14,7 +14,8 @@ import torch
 from torch.nn import functional as F
 
 
-def _check_topk(topk: int) -> int:
+def check_topk(topk: int) -> int:
+    """``topk`` as an int, or a ValueError if it is below 1."""
     if int(topk) < 1:
         raise ValueError(f'topk must be >= 1, got {topk}')
     return int(topk)
@@ -48,7 +49,7 @@ def dense_class_prior(cls_scores: Sequence[torch.Tensor],
     Returns:
         Tensor: Mean binary cross-entropy of those anchors towards 1.
     """
-    topk = _check_topk(topk)
+    topk = check_topk(topk)
     _check_labels(labels, num_classes)
     n = labels.shape[0]
     index = labels.long().view(n, 1, 1, 1)
@@ -81,7 +82,7 @@ def roi_class_prior(cls_score: torch.Tensor, rois_per_image: Sequence[int],
     Returns:
         Tensor: Mean cross-entropy over the chosen RoIs (0 without RoIs).
     """
-    topk = _check_topk(topk)
+    topk = check_topk(topk)
     _check_labels(labels, cls_score.shape[1] - 1)  # background is last
     losses = []
     for logits, label in zip(cls_score.float().split(list(rois_per_image)),

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mmddaq.losses import check_topk
 from mmddaq.utils.nested import detach_nested
 
 
@@ -216,9 +217,7 @@ class DetectorAdapterBase:
         self.taps = list(taps) if taps else None
         self.box_weight = box_weight
         self.kd_weighting = _check_weighting(kd_weighting)
-        if int(prior_topk) < 1:
-            raise ValueError(f'prior_topk must be >= 1, got {prior_topk}')
-        self.prior_topk = int(prior_topk)
+        self.prior_topk = check_topk(prior_topk)
 
     def default_taps(self, model: nn.Module) -> List[str]:
         """Backbone stages, the neck and the heads of ``model``."""
