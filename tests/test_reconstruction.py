@@ -17,7 +17,8 @@ from mmddaq.quantization import (ActivationQuantizer, AdaRoundQuantizer,
                                  step_activation_observers)
 from mmddaq.quantization.observers import (MSEObserver, lp_range_search,
                                            minmax)
-from mmddaq.quantization.reconstruction import reconstruction_units
+from mmddaq.quantization.reconstruction import (reconstruction_units,
+                                                site_weights)
 
 
 def heavy_tailed(n=20000, seed=0):
@@ -361,7 +362,8 @@ def test_a_unit_made_worse_is_put_back(monkeypatch):
     q = _quantize(copy.deepcopy(fp), 4, batches)
     before = {k: v.clone() for k, v in q.state_dict().items()}
 
-    def round_everything_down(self, unit, records, groups, rounders):
+    def round_everything_down(self, unit, records, groups, rounders,
+                              weights=None):
         with torch.no_grad():
             for _, ada in rounders:
                 ada.alpha.fill_(-20.)  # floor: worse than nearest
@@ -391,3 +393,116 @@ def test_new_weight_observer_drops_cached_weights():
     wq.init_from(weight)
     with torch.no_grad():
         assert not torch.equal(wq(weight), plain)
+
+
+def test_site_weights_equalise_each_call_sites_output_scale():
+    gen = torch.Generator().manual_seed(0)
+    small = torch.randn(8, 4, generator=gen)
+    records = [(small, [small], 0), (small, [10 * small], 1),
+               (small, [small], 0), (small, [10 * small], 1)]
+    w = site_weights(records)
+    assert w[0] / w[1] == pytest.approx(100., rel=1e-5)
+    energy = {s: float(t[0].pow(2).sum(1).mean()) * w[s]
+              for _, t, s in records}
+    assert energy[0] == pytest.approx(energy[1], rel=1e-5)
+    # one call site: nothing changes
+    assert site_weights(records[::2]) == {0: 1.}
+    # the scale is per output element: a level with fewer positions but
+    # the same magnitude gets the same weight
+    wide, narrow = torch.ones(8, 4, 16), torch.ones(8, 4, 1)
+    w = site_weights([(wide, [wide], 0), (narrow, [narrow], 1)])
+    assert w[0] == pytest.approx(w[1])
+
+
+def _conv_relu_head():
+    torch.manual_seed(6)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1),
+                         nn.ReLU(inplace=True), nn.Conv2d(4, 2, 1)).eval()
+
+
+def test_capture_keeps_a_units_output_from_a_later_inplace_relu():
+    from mmddaq.quantization.reconstruction import _capture
+    fp = _conv_relu_head()
+    gen = torch.Generator().manual_seed(7)
+    batches = [torch.randn(4, 3, 6, 6, generator=gen) for _ in range(3)]
+    q = _quantize(copy.deepcopy(fp), 4, batches)
+    records = _capture(fp, q, fp[0], q[0], lambda m, b: m(b), batches)
+    for (_, target, _), x in zip(records, batches):
+        expected = fp[0](x)
+        assert (expected < 0).any()
+        assert torch.equal(target[0], expected.detach())
+
+
+def test_capture_stops_each_forward_after_the_units_last_call():
+    from mmddaq.quantization.reconstruction import _capture
+    fp = _SharedConv().eval()
+    gen = torch.Generator().manual_seed(8)
+    batches = [torch.randn(4, 8, 6, 6, generator=gen) for _ in range(3)]
+    q = _quantize(copy.deepcopy(fp), 4, batches)
+    ran_after = []
+
+    def forward(model, x):
+        out = model(x)
+        ran_after.append(1)  # reached only if the forward was not stopped
+        return out
+
+    def full_forward(model, x, reference=None):  # never stopped
+        return model(x)
+
+    stopped = _capture(fp, q, fp.conv, q.conv, forward, batches)
+    full = _capture(fp, q, fp.conv, q.conv, full_forward, batches)
+    assert len(ran_after) == 2  # both models' first batch, to count calls
+    assert [s for *_, s in stopped] == [0, 1] * 3
+    for a, b in zip(stopped, full):
+        assert torch.equal(a[0], b[0]) and a[2] == b[2]
+        assert all(torch.equal(x, y) for x, y in zip(a[1], b[1]))
+
+
+def test_conv_modules_are_reconstruction_units():
+    from mmcv.cnn import ConvModule
+    model = nn.Sequential(
+        ConvModule(3, 4, 3, padding=1, act_cfg=dict(type='ReLU')),
+        nn.Conv2d(4, 2, 1))
+    q = ModelQuantizer().quantize(model)
+    assert reconstruction_units(q) == ['0', '1']
+
+
+class _SharedConv(nn.Module):
+    """One conv run on a fine and a 30x larger coarse input, like a
+    detection head conv shared by FPN levels."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        return torch.cat([self.conv(x).flatten(1),
+                          self.conv(30 * x).flatten(1)], 1)
+
+
+def _fine_level_error(balance):
+    fp = _SharedConv().eval()
+    gen = torch.Generator().manual_seed(4)
+    batches = [torch.randn(16, 8, 6, 6, generator=gen) for _ in range(4)]
+    # 3-bit weights, 8-bit activations: the weights' rounding decides
+    q = ModelQuantizer(w_bits=3, a_bits=8).quantize(copy.deepcopy(fp))
+    calibrate_activations(q.eval())
+    with torch.no_grad():
+        for x in batches:
+            q(x)
+            step_activation_observers(q)
+    freeze_activations(q)
+    torch.manual_seed(5)
+    BlockReconstruction(iters=300, batch_size=16, drop_prob=0.,
+                        learn_act_steps=False, balance_sites=balance)(
+                            fp, q, lambda m, b: m(b), batches)
+    half = 8 * 6 * 6
+    with torch.no_grad(), observation_disabled(q):
+        err = [float((q(x)[:, :half] - fp(x)[:, :half]).pow(2).mean())
+               for x in batches]
+    return sum(err)
+
+
+def test_balanced_sites_favour_the_fine_level_of_a_shared_conv():
+    assert _fine_level_error(True) < _fine_level_error(False)

@@ -24,8 +24,11 @@ from .model_quantizer import (activation_quantizers, observation_disabled,
 from .modules import QUANT_MODULES
 from .quantizers import CallSites
 
-#: Residual blocks reconstructed as one unit (class names, any package).
-DEFAULT_BLOCK_TYPES = ('BasicBlock', 'Bottleneck', 'InvertedResidual')
+#: Modules reconstructed as one unit (class names, any package): residual
+#: blocks, and mmcv's conv + norm + activation, whose output the next layer
+#: sees (a detection head conv's error counts after its ReLU).
+DEFAULT_BLOCK_TYPES = ('BasicBlock', 'Bottleneck', 'InvertedResidual',
+                       'ConvModule')
 
 Forward = Callable[[nn.Module, torch.Tensor], object]
 
@@ -125,12 +128,40 @@ def _run_unit(unit: nn.Module, x: torch.Tensor, site: int, multi):
         return flatten_tensors(unit(x))
 
 
+class _UnitDone(Exception):
+    """Stops a forward once the unit being captured has run its last call
+    of the forward: nothing after it is needed."""
+
+
+def _stopping_forward(forward: Forward) -> Forward:
+    """``forward`` that ends quietly when a capture hook stops it."""
+
+    def run(model, x, **kwargs):
+        try:
+            return forward(model, x, **kwargs)
+        except _UnitDone:
+            return None
+
+    if 'reference' in inspect.signature(forward).parameters:
+        return forward  # the quantized pass needs the FP pass's outputs
+    return run
+
+
 def _capture(fp_model, q_model, fp_unit, q_unit, forward: Forward,
              batches) -> List[Tuple[torch.Tensor, List[torch.Tensor], int]]:
     """(quantized-model input, FP output, call index within the forward)
-    of every call of a unit."""
+    of every call of a unit.
+
+    Records are copies: an in-place operation after the unit (mmcv's
+    ``ConvModule`` activations are in place) cannot rewrite them. After
+    the first batch has shown how often the unit runs per forward, each
+    later forward stops at the unit's last call (not for a ``forward``
+    that takes ``reference``: its quantized pass needs the FP outputs).
+    """
     q_inputs, fp_outputs, sites = [], [], []
-    calls = [0]
+    calls = [0, 0]  # this forward's quantized-input and FP-output calls
+    per_forward = [None]
+    stopping = _stopping_forward(forward)
 
     def grab_input(module, args):
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
@@ -140,17 +171,28 @@ def _capture(fp_model, q_model, fp_unit, q_unit, forward: Forward,
                 'inputs; block reconstruction handles units with exactly '
                 'one (exclude it with block_types or reconstruct its '
                 'layers one by one).')
-        q_inputs.append(tensors[0].detach())
+        q_inputs.append(tensors[0].detach().clone())
         sites.append(calls[0])
         calls[0] += 1
+        if calls[0] == per_forward[0] and stopping is not forward:
+            raise _UnitDone
 
     def grab_output(module, args, output):
-        fp_outputs.append([t.detach() for t in flatten_tensors(output)])
+        fp_outputs.append([t.detach().clone()
+                           for t in flatten_tensors(output)])
+        calls[1] += 1
+        if calls[1] == per_forward[0] and stopping is not forward:
+            raise _UnitDone
 
-    _run_both(fp_model, q_model, forward, batches, [
+    def before_batch():
+        if per_forward[0] is None and sites:
+            per_forward[0] = calls[0]  # counted on the first batch
+        calls[0] = calls[1] = 0
+
+    _run_both(fp_model, q_model, stopping, batches, [
         q_unit.register_forward_pre_hook(grab_input),
         fp_unit.register_forward_hook(grab_output)
-    ], before_batch=lambda: calls.__setitem__(0, 0))
+    ], before_batch=before_batch)
     if len(q_inputs) != len(fp_outputs):
         raise RuntimeError('the FP and the quantized model called a unit a '
                            f'different number of times ({len(fp_outputs)} '
@@ -158,23 +200,62 @@ def _capture(fp_model, q_model, fp_unit, q_unit, forward: Forward,
     return list(zip(q_inputs, fp_outputs, sites))
 
 
-def _output_error(unit: nn.Module, records) -> float:
-    """Mean over records of the per-sample squared output error."""
+def site_weights(records) -> Dict[int, float]:
+    """Loss weight of each call site of a unit: the mean over sites of the
+    FP outputs' mean square divided by the site's own.
+
+    A RetinaNet head conv runs on every FPN level, and the coarse levels'
+    outputs are an order of magnitude larger than the fine ones': with
+    equal weights their squared error decides the shared weights' rounding
+    and the fine levels, where small objects are found, pay for it.
+    Weighted, every output element's error counts relative to its own
+    level's scale (so each level counts by its number of positions, as in
+    a detector's loss over anchors); a unit with one call site gets
+    weight 1 (nothing changes).
+    """
+    energy: Dict[int, List[float]] = {}
+    for _, target, site in records:
+        sq = sum(float(t.pow(2).sum()) for t in target)
+        n = sum(t.numel() for t in target)
+        energy.setdefault(site, []).append(sq / max(n, 1))
+    mean = {s: sum(v) / len(v) for s, v in energy.items()}
+    if len(mean) < 2:
+        return {s: 1. for s in mean}
+    overall = sum(mean.values()) / len(mean)
+    return {s: (overall / e if e > 0 else 1.) for s, e in mean.items()}
+
+
+def _output_error(unit: nn.Module, records,
+                  weights: Optional[Dict[int, float]] = None,
+                  position_mean: bool = False) -> float:
+    """Mean over records of the per-sample squared output error (see
+    :func:`_rec_loss`), each record's weighted by ``weights[site]`` if
+    given."""
     total, count = 0., 0
     multi = _call_sites_in(unit)
     with torch.no_grad():
         for x, target, site in records:
             out = _run_unit(unit, x, site, multi)
-            total += float(_rec_loss(out, target)) * len(x)
+            w = 1. if weights is None else weights[site]
+            total += w * float(_rec_loss(out, target, position_mean)) * \
+                len(x)
             count += len(x)
     return total / max(count, 1)
 
 
-def _rec_loss(out: List[torch.Tensor], target: List[torch.Tensor]):
-    """Squared error summed over features, averaged over samples."""
+def _rec_loss(out: List[torch.Tensor], target: List[torch.Tensor],
+              position_mean: bool = False):
+    """Squared error summed over features, averaged over samples; with
+    ``position_mean`` summed over channels and averaged over samples and
+    spatial positions (the scale AdaRound's regulariser weight is usually
+    quoted for)."""
     loss = 0.
     for o, t in zip(out, target):
-        loss = loss + (o - t).pow(2).reshape(len(o), -1).sum(1).mean()
+        sq = (o - t).pow(2)
+        if position_mean and sq.dim() > 2:
+            loss = loss + sq.sum(1).mean()
+        else:
+            loss = loss + sq.reshape(len(o), -1).sum(1).mean()
     return loss
 
 
@@ -207,6 +288,16 @@ class BlockReconstruction:
         act_lr (float): Adam learning rate of the activation steps.
         drop_prob (float): QDrop: share of activation elements left
             unquantized during reconstruction (0 turns it off).
+        balance_sites (bool): Weight each call site of a layer run several
+            times per forward (a shared detection head conv, once per FPN
+            level) by its output scale (:func:`site_weights`), so every
+            level's error counts relative to its own outputs. Units with
+            one call site are unaffected. Defaults to False.
+        position_mean (bool): Average the squared error over spatial
+            positions as well as samples (summed over channels only), which
+            makes the rounding regulariser ``round_weight`` count for as
+            much on a 64x64 feature map as on a 4x4 one. Defaults to False
+            (summed over all features).
         log_interval (int): Log every n units (0: only the summary).
     """
 
@@ -222,6 +313,8 @@ class BlockReconstruction:
                  learn_act_steps: bool = True,
                  act_lr: float = 4e-5,
                  drop_prob: float = 0.5,
+                 balance_sites: bool = False,
+                 position_mean: bool = False,
                  log_interval: int = 1) -> None:
         if iters < 1 or batch_size < 1:
             raise ValueError('iters and batch_size must be >= 1')
@@ -238,6 +331,8 @@ class BlockReconstruction:
         self.learn_act_steps = learn_act_steps
         self.act_lr = act_lr
         self.drop_prob = drop_prob
+        self.balance_sites = bool(balance_sites)
+        self.position_mean = bool(position_mean)
         self.log_interval = log_interval
 
     def __call__(self, fp_model: nn.Module, q_model: nn.Module,
@@ -286,7 +381,9 @@ class BlockReconstruction:
         q_unit = q_model.get_submodule(name)
         records = _capture(fp_model, q_model, fp_unit, q_unit, forward,
                            batches)
-        error_before = _output_error(q_unit, records)
+        weights = site_weights(records) if self.balance_sites else None
+        error_before = _output_error(q_unit, records, weights,
+                                     self.position_mean)
         layers = [m for _, m in quantized_layers(q_unit)] \
             if not isinstance(q_unit, QUANT_MODULES) else [q_unit]
         originals = [m.weight_quantizer for m in layers]
@@ -316,7 +413,7 @@ class BlockReconstruction:
             if groups:
                 for q in acts:
                     q.drop_prob = self.drop_prob
-                self._optimise(q_unit, records, groups, rounders)
+                self._optimise(q_unit, records, groups, rounders, weights)
         finally:
             for q in acts:
                 q.drop_prob = 0.
@@ -324,7 +421,8 @@ class BlockReconstruction:
                 ada.hard = True
             for q in learned_here:
                 q.bake_learned_step()
-        error_after = _output_error(q_unit, records)
+        error_after = _output_error(q_unit, records, weights,
+                                    self.position_mean)
         kept = error_after <= error_before
         if kept:
             self._bake_rounding(rounders, originals, layers)
@@ -341,7 +439,8 @@ class BlockReconstruction:
                     error_after=error_after, kept=kept,
                     seconds=time.perf_counter() - tic)
 
-    def _optimise(self, unit, records, groups, rounders) -> None:
+    def _optimise(self, unit, records, groups, rounders,
+                  weights: Optional[Dict[int, float]] = None) -> None:
         params = [p for g in groups for p in g['params']]
         optimizer = torch.optim.Adam(groups)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
@@ -353,7 +452,10 @@ class BlockReconstruction:
             idx = torch.randint(len(x), (min(self.batch_size, len(x)), ),
                                 device=x.device)
             out = _run_unit(unit, x[idx], site, multi)
-            loss = _rec_loss(out, [t[idx] for t in target])
+            loss = _rec_loss(out, [t[idx] for t in target],
+                             self.position_mean)
+            if weights is not None:
+                loss = loss * weights[site]
             beta = decay(it)
             if beta is not None and rounders:
                 loss = loss + self.round_weight * sum(
@@ -465,5 +567,5 @@ def _bn_after_each_layer(model: nn.Module, run, layer_names) -> Dict[str,
 
 
 __all__ = ['BlockReconstruction', 'call_site', 'correct_bias',
-           'execution_order',
+           'execution_order', 'site_weights',
            'reconstruction_units', 'DEFAULT_BLOCK_TYPES']
