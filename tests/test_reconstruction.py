@@ -427,7 +427,7 @@ def test_capture_keeps_a_units_output_from_a_later_inplace_relu():
     batches = [torch.randn(4, 3, 6, 6, generator=gen) for _ in range(3)]
     q = _quantize(copy.deepcopy(fp), 4, batches)
     records = _capture(fp, q, fp[0], q[0], lambda m, b: m(b), batches)
-    for (_, target, _), x in zip(records, batches):
+    for (_, target, *_), x in zip(records, batches):
         expected = fp[0](x)
         assert (expected < 0).any()
         assert torch.equal(target[0], expected.detach())
@@ -452,7 +452,7 @@ def test_capture_stops_each_forward_after_the_units_last_call():
     stopped = _capture(fp, q, fp.conv, q.conv, forward, batches)
     full = _capture(fp, q, fp.conv, q.conv, full_forward, batches)
     assert len(ran_after) == 2  # both models' first batch, to count calls
-    assert [s for *_, s in stopped] == [0, 1] * 3
+    assert [r[2] for r in stopped] == [0, 1] * 3
     for a, b in zip(stopped, full):
         assert torch.equal(a[0], b[0]) and a[2] == b[2]
         assert all(torch.equal(x, y) for x, y in zip(a[1], b[1]))
@@ -506,3 +506,78 @@ def _fine_level_error(balance):
 
 def test_balanced_sites_favour_the_fine_level_of_a_shared_conv():
     assert _fine_level_error(True) < _fine_level_error(False)
+
+
+def test_holdout_fits_on_the_first_batches_and_judges_on_the_rest(
+        monkeypatch):
+    fp = _SharedConv().eval()
+    gen = torch.Generator().manual_seed(9)
+    batches = [torch.randn(4, 8, 6, 6, generator=gen) for _ in range(4)]
+    q = _quantize(copy.deepcopy(fp), 4, batches)
+    fitted = []
+    original = BlockReconstruction._optimise
+
+    def spy(self, unit, records, *args, **kwargs):
+        fitted.append([r[0] for r in records])
+        return original(self, unit, records, *args, **kwargs)
+
+    monkeypatch.setattr(BlockReconstruction, '_optimise', spy)
+    [result] = BlockReconstruction(iters=5, batch_size=4, holdout=0.25)(
+        fp, q, lambda m, b: m(b), batches)
+    # two calls per forward: 3 batches x 2 sites fitted, the last judged
+    assert len(fitted[0]) == 6
+    assert all(torch.equal(x, batches[i // 2] * (30 if i % 2 else 1))
+               for i, x in enumerate(fitted[0]))
+    assert 'error_before' in result
+    with pytest.raises(ValueError, match='holdout'):
+        BlockReconstruction(holdout=1.)
+
+
+def test_focus_weights_pool_the_map_and_average_to_one():
+    from mmddaq.quantization.reconstruction import focus_weights
+    focus = torch.full((2, 1, 8, 8), 0.1)
+    focus[0, 0, :2, :2] = 1.1
+    w = focus_weights(focus, torch.zeros(2, 3, 4, 4))
+    assert w.shape == (2, 1, 4, 4)
+    assert torch.allclose(w.mean((2, 3)), torch.ones(2, 1))
+    assert w[0, 0, 0, 0] > w[0, 0, 3, 3]
+    assert torch.allclose(w[1], torch.ones(1, 4, 4))
+    assert focus_weights(focus, torch.zeros(2, 3)) is None  # no positions
+    assert focus_weights(None, torch.zeros(2, 3, 4, 4)) is None
+
+
+def _object_corner_error(focus):
+    fp = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1)).eval()
+    torch.manual_seed(10)
+    nn.init.normal_(fp[0].weight)
+    gen = torch.Generator().manual_seed(11)
+    batches = [torch.randn(8, 3, 8, 8, generator=gen) for _ in range(4)]
+    q = ModelQuantizer(w_bits=3, a_bits=8,
+                       first_last_bits=None).quantize(copy.deepcopy(fp))
+    calibrate_activations(q.eval())
+    with torch.no_grad():
+        for x in batches:
+            q(x)
+            step_activation_observers(q)
+    freeze_activations(q)
+
+    def score_map(out, x):  # the "object": the top-left 2x2 corner
+        m = torch.zeros(len(x), 1, 8, 8)
+        m[:, :, :2, :2] = 1.
+        return m
+
+    torch.manual_seed(12)
+    BlockReconstruction(iters=300, batch_size=8, drop_prob=0.,
+                        learn_act_steps=False, focus=focus)(
+                            fp, q, lambda m, b: m(b), batches, score_map)
+    with torch.no_grad(), observation_disabled(q):
+        return sum(float((q(x) - fp(x))[:, :, :2, :2].pow(2).mean())
+                   for x in batches)
+
+
+def test_focus_favours_the_positions_where_the_fp_model_sees_objects():
+    assert _object_corner_error(0.01) < _object_corner_error(None)
+    with pytest.raises(ValueError, match='score map'):
+        BlockReconstruction(iters=1, focus=0.1)(
+            nn.Identity(), nn.Identity(), lambda m, b: m(b),
+            [torch.zeros(1, 1)])

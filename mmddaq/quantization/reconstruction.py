@@ -15,6 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from mmengine.logging import print_log
 from torch import nn
+from torch.nn import functional as F
 
 from mmddaq.registry import MODELS
 from mmddaq.utils.nested import flatten_tensors
@@ -148,9 +149,12 @@ def _stopping_forward(forward: Forward) -> Forward:
 
 
 def _capture(fp_model, q_model, fp_unit, q_unit, forward: Forward,
-             batches) -> List[Tuple[torch.Tensor, List[torch.Tensor], int]]:
-    """(quantized-model input, FP output, call index within the forward)
-    of every call of a unit.
+             batches, maps: Optional[Sequence[torch.Tensor]] = None
+             ) -> List[Tuple[torch.Tensor, List[torch.Tensor], int,
+                             Optional[torch.Tensor]]]:
+    """(quantized-model input, FP output, call index within the forward,
+    the batch's position-weight map from ``maps`` or None) of every call of
+    a unit.
 
     Records are copies: an in-place operation after the unit (mmcv's
     ``ConvModule`` activations are in place) cannot rewrite them. After
@@ -158,8 +162,9 @@ def _capture(fp_model, q_model, fp_unit, q_unit, forward: Forward,
     later forward stops at the unit's last call (not for a ``forward``
     that takes ``reference``: its quantized pass needs the FP outputs).
     """
-    q_inputs, fp_outputs, sites = [], [], []
+    q_inputs, fp_outputs, sites, batch_of = [], [], [], []
     calls = [0, 0]  # this forward's quantized-input and FP-output calls
+    batch = [-1]
     per_forward = [None]
     stopping = _stopping_forward(forward)
 
@@ -173,6 +178,7 @@ def _capture(fp_model, q_model, fp_unit, q_unit, forward: Forward,
                 'layers one by one).')
         q_inputs.append(tensors[0].detach().clone())
         sites.append(calls[0])
+        batch_of.append(batch[0])
         calls[0] += 1
         if calls[0] == per_forward[0] and stopping is not forward:
             raise _UnitDone
@@ -188,6 +194,7 @@ def _capture(fp_model, q_model, fp_unit, q_unit, forward: Forward,
         if per_forward[0] is None and sites:
             per_forward[0] = calls[0]  # counted on the first batch
         calls[0] = calls[1] = 0
+        batch[0] += 1
 
     _run_both(fp_model, q_model, stopping, batches, [
         q_unit.register_forward_pre_hook(grab_input),
@@ -197,7 +204,8 @@ def _capture(fp_model, q_model, fp_unit, q_unit, forward: Forward,
         raise RuntimeError('the FP and the quantized model called a unit a '
                            f'different number of times ({len(fp_outputs)} '
                            f'vs {len(q_inputs)})')
-    return list(zip(q_inputs, fp_outputs, sites))
+    weight_maps = [None if maps is None else maps[b] for b in batch_of]
+    return list(zip(q_inputs, fp_outputs, sites, weight_maps))
 
 
 def site_weights(records) -> Dict[int, float]:
@@ -214,7 +222,8 @@ def site_weights(records) -> Dict[int, float]:
     weight 1 (nothing changes).
     """
     energy: Dict[int, List[float]] = {}
-    for _, target, site in records:
+    for record in records:
+        target, site = record[1], record[2]
         sq = sum(float(t.pow(2).sum()) for t in target)
         n = sum(t.numel() for t in target)
         energy.setdefault(site, []).append(sq / max(n, 1))
@@ -234,24 +243,39 @@ def _output_error(unit: nn.Module, records,
     total, count = 0., 0
     multi = _call_sites_in(unit)
     with torch.no_grad():
-        for x, target, site in records:
+        for x, target, site, focus in records:
             out = _run_unit(unit, x, site, multi)
             w = 1. if weights is None else weights[site]
-            total += w * float(_rec_loss(out, target, position_mean)) * \
-                len(x)
+            total += w * float(
+                _rec_loss(out, target, position_mean, focus)) * len(x)
             count += len(x)
     return total / max(count, 1)
 
 
+def focus_weights(focus: torch.Tensor, out: torch.Tensor):
+    """``focus`` (``(N, 1, H_in, W_in)``) pooled to the positions of
+    ``out`` (``(N, C, H, W)``) by its maximum and scaled to mean 1 per
+    sample; None where ``out`` is not such a map of the same samples."""
+    if focus is None or out.dim() != 4 or len(out) != len(focus):
+        return None
+    w = F.adaptive_max_pool2d(focus, out.shape[-2:])
+    return w / w.mean((2, 3), keepdim=True).clamp_min(1e-12)
+
+
 def _rec_loss(out: List[torch.Tensor], target: List[torch.Tensor],
-              position_mean: bool = False):
+              position_mean: bool = False,
+              focus: Optional[torch.Tensor] = None):
     """Squared error summed over features, averaged over samples; with
     ``position_mean`` summed over channels and averaged over samples and
     spatial positions (the scale AdaRound's regulariser weight is usually
-    quoted for)."""
+    quoted for); with a ``focus`` map each position weighted by it
+    (:func:`focus_weights`)."""
     loss = 0.
     for o, t in zip(out, target):
         sq = (o - t).pow(2)
+        w = focus_weights(focus, sq)
+        if w is not None:
+            sq = sq * w
         if position_mean and sq.dim() > 2:
             loss = loss + sq.sum(1).mean()
         else:
@@ -298,6 +322,15 @@ class BlockReconstruction:
             makes the rounding regulariser ``round_weight`` count for as
             much on a 64x64 feature map as on a 4x4 one. Defaults to False
             (summed over all features).
+        holdout (float): Share of the pool (its last batches) left out of
+            the fit; a unit is kept only if its output error on them falls,
+            so rounding fitted to the pool's quirks is put back. Defaults
+            to 0 (fit and judge on the whole pool).
+        focus (float, optional): Detectors: weight each output position
+            by ``focus`` + the FP detector's best score there (pooled to the
+            unit's resolution, mean 1 per image), so the few positions with
+            objects are not drowned by background. ``None`` (default):
+            every position counts the same.
         log_interval (int): Log every n units (0: only the summary).
     """
 
@@ -315,6 +348,8 @@ class BlockReconstruction:
                  drop_prob: float = 0.5,
                  balance_sites: bool = False,
                  position_mean: bool = False,
+                 holdout: float = 0.,
+                 focus: Optional[float] = None,
                  log_interval: int = 1) -> None:
         if iters < 1 or batch_size < 1:
             raise ValueError('iters and batch_size must be >= 1')
@@ -333,11 +368,18 @@ class BlockReconstruction:
         self.drop_prob = drop_prob
         self.balance_sites = bool(balance_sites)
         self.position_mean = bool(position_mean)
+        if not 0. <= holdout < 1.:
+            raise ValueError(f'holdout must be in [0, 1), got {holdout}')
+        self.holdout = float(holdout)
+        if focus is not None and focus <= 0:
+            raise ValueError(f'focus must be > 0 (or None), got {focus}')
+        self.focus = None if focus is None else float(focus)
         self.log_interval = log_interval
 
     def __call__(self, fp_model: nn.Module, q_model: nn.Module,
                  forward: Forward,
-                 batches: Sequence[torch.Tensor]) -> List[dict]:
+                 batches: Sequence[torch.Tensor],
+                 score_map: Optional[Callable] = None) -> List[dict]:
         """Reconstruct every unit of ``q_model`` in place.
 
         Args:
@@ -347,6 +389,10 @@ class BlockReconstruction:
             forward (Callable): ``forward(model, x)`` runs a model on a
                 batch (the task adapter's forward).
             batches (Sequence[Tensor]): The sample pool, in batches.
+            score_map (Callable, optional): ``score_map(fp_output, x)``
+                gives an ``(N, 1, H, W)`` map of where the FP model sees
+                objects in ``x`` (a detector adapter's ``score_map``); used
+                with ``focus``.
 
         Returns:
             list[dict]: Per unit: ``name``, ``error_before`` and
@@ -356,11 +402,12 @@ class BlockReconstruction:
         units = execution_order(
             q_model, lambda: forward(q_model, batches[0]),
             reconstruction_units(q_model, self.block_types))
+        maps = self._focus_maps(fp_model, forward, batches, score_map)
         results = []
         start = time.perf_counter()
         for i, name in enumerate(units):
             result = self.reconstruct_unit(fp_model, q_model, name, forward,
-                                           batches)
+                                           batches, maps)
             results.append(result)
             if self.log_interval and (i + 1) % self.log_interval == 0:
                 print_log(
@@ -373,16 +420,29 @@ class BlockReconstruction:
                     logger='current')
         return results
 
+    @torch.no_grad()
+    def _focus_maps(self, fp_model, forward, batches, score_map):
+        """Per batch, ``focus`` + the FP model's score map, or None."""
+        if self.focus is None:
+            return None
+        if score_map is None:
+            raise ValueError(
+                'focus needs a score map of where the FP model sees objects '
+                '(a detector adapter\'s score_map); this task has none')
+        return [score_map(forward(fp_model, x), x) + self.focus
+                for x in batches]
+
     def reconstruct_unit(self, fp_model, q_model, name: str,
-                         forward: Forward, batches) -> dict:
+                         forward: Forward, batches, maps=None) -> dict:
         """Reconstruct one unit (see :meth:`__call__`)."""
         tic = time.perf_counter()
         fp_unit = fp_model.get_submodule(name)
         q_unit = q_model.get_submodule(name)
         records = _capture(fp_model, q_model, fp_unit, q_unit, forward,
-                           batches)
+                           batches, maps)
         weights = site_weights(records) if self.balance_sites else None
-        error_before = _output_error(q_unit, records, weights,
+        fit, judge = self._split(records)
+        error_before = _output_error(q_unit, judge, weights,
                                      self.position_mean)
         layers = [m for _, m in quantized_layers(q_unit)] \
             if not isinstance(q_unit, QUANT_MODULES) else [q_unit]
@@ -413,7 +473,7 @@ class BlockReconstruction:
             if groups:
                 for q in acts:
                     q.drop_prob = self.drop_prob
-                self._optimise(q_unit, records, groups, rounders, weights)
+                self._optimise(q_unit, fit, groups, rounders, weights)
         finally:
             for q in acts:
                 q.drop_prob = 0.
@@ -421,7 +481,7 @@ class BlockReconstruction:
                 ada.hard = True
             for q in learned_here:
                 q.bake_learned_step()
-        error_after = _output_error(q_unit, records, weights,
+        error_after = _output_error(q_unit, judge, weights,
                                     self.position_mean)
         kept = error_after <= error_before
         if kept:
@@ -439,6 +499,16 @@ class BlockReconstruction:
                     error_after=error_after, kept=kept,
                     seconds=time.perf_counter() - tic)
 
+    def _split(self, records):
+        """(records to fit, records to judge the result on): with
+        ``holdout`` the pool's last batches (every call site of each) are
+        kept out of the fit, else both are all records."""
+        sites = max(r[2] for r in records) + 1 if records else 1
+        held = int(round(self.holdout * len(records) / sites)) * sites
+        if not self.holdout or held == 0 or held >= len(records):
+            return records, records
+        return records[:-held], records[-held:]
+
     def _optimise(self, unit, records, groups, rounders,
                   weights: Optional[Dict[int, float]] = None) -> None:
         params = [p for g in groups for p in g['params']]
@@ -448,12 +518,14 @@ class BlockReconstruction:
         decay = TemperatureDecay(self.iters, self.warmup, *self.beta)
         multi = _call_sites_in(unit)
         for it in range(self.iters):
-            x, target, site = records[int(torch.randint(len(records), ()))]
+            x, target, site, focus = records[int(
+                torch.randint(len(records), ()))]
             idx = torch.randint(len(x), (min(self.batch_size, len(x)), ),
                                 device=x.device)
             out = _run_unit(unit, x[idx], site, multi)
             loss = _rec_loss(out, [t[idx] for t in target],
-                             self.position_mean)
+                             self.position_mean,
+                             None if focus is None else focus[idx])
             if weights is not None:
                 loss = loss * weights[site]
             beta = decay(it)
@@ -567,5 +639,5 @@ def _bn_after_each_layer(model: nn.Module, run, layer_names) -> Dict[str,
 
 
 __all__ = ['BlockReconstruction', 'call_site', 'correct_bias',
-           'execution_order', 'site_weights',
+           'execution_order', 'focus_weights', 'site_weights',
            'reconstruction_units', 'DEFAULT_BLOCK_TYPES']

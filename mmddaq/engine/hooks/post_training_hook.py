@@ -96,7 +96,9 @@ class PostTrainingHook(Hook):
             shifts = correct_bias(fp, q, forward, batches)
             logger.info(f'Bias correction of {len(shifts)} layers')
         if self.reconstruction is not None:
-            results = self.reconstruction(fp, q, forward, batches)
+            results = self.reconstruction(
+                fp, q, forward, batches,
+                score_map=getattr(model.adapter, 'score_map', None))
             before = sum(r['error_before'] for r in results)
             after = sum(r['error_after'] for r in results)
             logger.info(f'Reconstructed {len(results)} blocks: summed '

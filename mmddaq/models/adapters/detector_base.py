@@ -177,6 +177,28 @@ def confident_anchor_share(cls_scores: List[torch.Tensor],
     return hits / max(total, 1)
 
 
+@torch.no_grad()
+def dense_score_map(cls_scores: List[torch.Tensor],
+                    size) -> torch.Tensor:
+    """Where a dense head sees objects: at each input pixel, the highest
+    sigmoid score of any class, anchor and level covering it.
+
+    Args:
+        cls_scores (list[Tensor]): Class (or objectness) logits per level,
+            ``(N, A*C, H, W)``.
+        size (tuple[int, int]): Input height and width.
+
+    Returns:
+        Tensor: ``(N, 1, H_in, W_in)`` scores in [0, 1].
+    """
+    out = None
+    for s in cls_scores:
+        level = s.float().sigmoid().amax(dim=1, keepdim=True)
+        level = F.interpolate(level, size=tuple(size), mode='nearest')
+        out = level if out is None else torch.maximum(out, level)
+    return out
+
+
 def synthetic_img_metas(inputs: torch.Tensor) -> List[dict]:
     """Image metas for generated inputs: unpadded, unscaled images."""
     h, w = inputs.shape[-2:]
@@ -209,6 +231,8 @@ class DetectorAdapterBase:
 
     #: head submodules whose outputs are tapped by default
     head_taps: Sequence[str] = ()
+    #: forward-output key of the dense per-level scores (score_map)
+    dense_scores_key: str = 'cls_scores'
 
     def __init__(self, taps: Sequence[str] = None,
                  box_weight: float = 1.0,
@@ -234,6 +258,14 @@ class DetectorAdapterBase:
             taps.append('neck')
         taps += [t for t in self.head_taps if t in modules]
         return taps
+
+    def score_map(self, fp_out: Dict[str, object],
+                  inputs: torch.Tensor) -> torch.Tensor:
+        """``(N, 1, H, W)`` map of where the FP detector sees objects in
+        ``inputs`` (block reconstruction's ``focus`` weights positions by
+        it): its dense head's best sigmoid score per pixel."""
+        key = self.dense_scores_key
+        return dense_score_map(fp_out[key], inputs.shape[-2:])
 
     @staticmethod
     def num_classes(model: nn.Module):

@@ -37,6 +37,7 @@ class TwoStageDetectorAdapter(DetectorAdapterBase):
     """
 
     head_taps = ('rpn_head', 'roi_head.bbox_head')
+    dense_scores_key = 'rpn_scores'
 
     def __init__(self, taps=None, box_weight: float = 1.0,
                  max_proposals: int = 256,
