@@ -165,8 +165,11 @@ class ShiftedConvNet(nn.Module):
         return self.head(torch.relu(self.bn(self.conv(x))))
 
 
-def _quantize(model, bits=8, batches=()):
-    q = ModelQuantizer(w_bits=bits, a_bits=bits).quantize(model).eval()
+def _quantize(model, bits=8, batches=(), a_bits=None, **kwargs):
+    """``bits``-bit weights (activations ``a_bits``, default the same),
+    activations calibrated on ``batches``."""
+    q = ModelQuantizer(w_bits=bits, a_bits=bits if a_bits is None else a_bits,
+                       **kwargs).quantize(model).eval()
     calibrate_activations(q)
     with torch.no_grad():
         for x in batches:
@@ -174,6 +177,12 @@ def _quantize(model, bits=8, batches=()):
             step_activation_observers(q)
     freeze_activations(q)
     return q
+
+
+def _w3a8(fp, batches, **kwargs):
+    """3-bit weights, 8-bit activations: the weights' rounding decides the
+    error."""
+    return _quantize(copy.deepcopy(fp), 3, batches, a_bits=8, **kwargs)
 
 
 def _channel_means(module, model, x):
@@ -486,13 +495,7 @@ def _fine_level_error(balance):
     gen = torch.Generator().manual_seed(4)
     batches = [torch.randn(16, 8, 6, 6, generator=gen) for _ in range(4)]
     # 3-bit weights, 8-bit activations: the weights' rounding decides
-    q = ModelQuantizer(w_bits=3, a_bits=8).quantize(copy.deepcopy(fp))
-    calibrate_activations(q.eval())
-    with torch.no_grad():
-        for x in batches:
-            q(x)
-            step_activation_observers(q)
-    freeze_activations(q)
+    q = _w3a8(fp, batches)
     torch.manual_seed(5)
     BlockReconstruction(iters=300, batch_size=16, drop_prob=0.,
                         learn_act_steps=False, balance_sites=balance)(
@@ -552,14 +555,7 @@ def _object_corner_error(focus):
     nn.init.normal_(fp[0].weight)
     gen = torch.Generator().manual_seed(11)
     batches = [torch.randn(8, 3, 8, 8, generator=gen) for _ in range(4)]
-    q = ModelQuantizer(w_bits=3, a_bits=8,
-                       first_last_bits=None).quantize(copy.deepcopy(fp))
-    calibrate_activations(q.eval())
-    with torch.no_grad():
-        for x in batches:
-            q(x)
-            step_activation_observers(q)
-    freeze_activations(q)
+    q = _w3a8(fp, batches, first_last_bits=None)
 
     def score_map(out, x):  # the "object": the top-left 2x2 corner
         m = torch.zeros(len(x), 1, 8, 8)
