@@ -218,3 +218,32 @@ def test_confident_anchor_share():
     level[0, 4, 1, 1] = 3.  # one position of one image: an object
     assert confident_anchor_share([level, torch.full((2, 6, 2, 2), -10.)]) \
         == pytest.approx(1 / (2 * 16 + 2 * 4))
+
+
+def test_score_map_and_per_level_score_error(tmp_path):
+    import copy
+    import importlib.util
+    import os.path as osp
+    spec = importlib.util.spec_from_file_location(
+        'score_error', osp.join(osp.dirname(__file__), '..', 'tools',
+                                'score_error.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    model, optim = build('retinanet', tmp_path)
+    model.train_step(dict(batch_size=2), optim)  # calibrates the ranges
+    model.eval()
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randn(2, 3, SIZE, SIZE, generator=gen)]
+    out = model.adapter.forward(model.fp_model, batches[0])
+    m = model.adapter.score_map(out, batches[0])
+    assert m.shape == (2, 1, SIZE, SIZE)
+    best = max(float(s.sigmoid().max()) for s in out['cls_scores'])
+    assert float(m.max()) == pytest.approx(best, rel=1e-5)
+    # a score threshold of 0 makes every anchor "confident"
+    levels = tool.level_errors(model, batches, 0.)
+    assert len(levels) == len(out['cls_scores'])
+    assert sum(r['logit_mse'] for r in levels) > 0
+    assert all(r['confident_anchors'] > 0 for r in levels)
+    model.quantized = copy.deepcopy(model.fp_model)  # no quantization
+    assert all(r['logit_mse'] == 0 and r['confident_score_mse'] == 0
+               for r in tool.level_errors(model, batches, 0.))
