@@ -168,3 +168,36 @@ def test_generator_classes_must_be_the_detectors(tmp_path):
               generator=dict(type='mmddaq.Generator', img_size=64,
                              latent_dim=16, base_channels=16,
                              num_upsamples=3, num_classes=3))
+
+
+def test_post_training_calibrates_on_its_own_sample_source(tmp_path,
+                                                           monkeypatch):
+    """Ranges from ``calibration_samples``, the pool for the rest."""
+    from types import SimpleNamespace
+
+    from mmengine.logging import MMLogger
+
+    from mmddaq.engine.hooks import post_training_hook as pth
+    from mmddaq.registry import SAMPLE_SOURCES
+
+    @SAMPLE_SOURCES.register_module(name='_SevensForTest', force=True)
+    class Sevens:
+
+        def __call__(self, algorithm, num_samples, batch_size):
+            return [torch.full((num_samples, *algorithm.input_shape), 7.)]
+
+    model, _ = build('retinanet', tmp_path)
+    seen = []
+    monkeypatch.setattr(pth, 'recalibrate',
+                        lambda q, forward, batches: seen.extend(batches))
+    monkeypatch.setattr(pth.PostTrainingHook, '_save', lambda self, r: None)
+    hook = pth.PostTrainingHook(
+        samples=dict(type='mmddaq.GaussianSamples'), num_samples=2,
+        calibration_samples=dict(type='_SevensForTest'))
+    runner = SimpleNamespace(model=model,
+                             logger=MMLogger.get_current_instance())
+    hook.after_train(runner)
+    assert len(seen) == 1 and bool((seen[0] == 7.).all())
+    with pytest.raises(ValueError, match='calibrate=True'):
+        pth.PostTrainingHook(calibrate=False,
+                             calibration_samples=dict(type='_SevensForTest'))

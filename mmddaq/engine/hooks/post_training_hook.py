@@ -49,6 +49,10 @@ class PostTrainingHook(Hook):
         calibrate (bool): Re-estimate activation ranges on the pool.
         bias_correction (bool): Correct per-channel output mean shifts.
         reconstruction (dict, optional): Refinement config.
+        calibration_samples (dict, optional): A different sample source
+            for the activation ranges (e.g. ``mmddaq.GaussianSamples``
+            while the generator's samples drive reconstruction); ``None``
+            (default): the pool.
     """
 
     priority = 'LOW'
@@ -60,7 +64,8 @@ class PostTrainingHook(Hook):
                  observers: Optional[dict] = None,
                  calibrate: bool = True,
                  bias_correction: bool = False,
-                 reconstruction: Optional[dict] = None) -> None:
+                 reconstruction: Optional[dict] = None,
+                 calibration_samples: Optional[dict] = None) -> None:
         if num_samples < 1 or batch_size < 1:
             raise ValueError('num_samples and batch_size must be >= 1')
         self.observers = dict(observers or {})
@@ -78,6 +83,10 @@ class PostTrainingHook(Hook):
         self.bias_correction = bias_correction
         self.reconstruction = MODELS.build(reconstruction) \
             if reconstruction else None
+        if calibration_samples is not None and not calibrate:
+            raise ValueError('calibration_samples needs calibrate=True')
+        self.calibration_samples = SAMPLE_SOURCES.build(
+            calibration_samples) if calibration_samples else None
 
     def after_train(self, runner) -> None:
         model = algorithm_of(runner)
@@ -90,8 +99,16 @@ class PostTrainingHook(Hook):
         if self.observers:
             set_observers(q, **self.observers)
         if self.calibrate:
-            recalibrate(q, forward, batches)
-            logger.info('Activation ranges re-estimated on the pool')
+            source = self.calibration_samples
+            if source is None:
+                recalibrate(q, forward, batches)
+                logger.info('Activation ranges re-estimated on the pool')
+            else:
+                recalibrate(q, forward, source(model, self.num_samples,
+                                               self.batch_size))
+                logger.info('Activation ranges re-estimated on '
+                            f'{self.num_samples} samples from '
+                            f'{type(source).__name__}')
         if self.bias_correction:
             shifts = correct_bias(fp, q, forward, batches)
             logger.info(f'Bias correction of {len(shifts)} layers')
