@@ -137,14 +137,12 @@ class _UnitDone(Exception):
 def _stopping_forward(forward: Forward) -> Forward:
     """``forward`` that ends quietly when a capture hook stops it."""
 
-    def run(model, x, **kwargs):
+    def run(model, x):
         try:
-            return forward(model, x, **kwargs)
+            return forward(model, x)
         except _UnitDone:
             return None
 
-    if 'reference' in inspect.signature(forward).parameters:
-        return forward  # the quantized pass needs the FP pass's outputs
     return run
 
 
@@ -166,7 +164,9 @@ def _capture(fp_model, q_model, fp_unit, q_unit, forward: Forward,
     calls = [0, 0]  # this forward's quantized-input and FP-output calls
     batch = [-1]
     per_forward = [None]
-    stopping = _stopping_forward(forward)
+    # the quantized pass of a forward taking `reference` needs the whole FP
+    # pass's outputs: such forwards run to the end
+    can_stop = 'reference' not in inspect.signature(forward).parameters
 
     def grab_input(module, args):
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
@@ -180,14 +180,14 @@ def _capture(fp_model, q_model, fp_unit, q_unit, forward: Forward,
         sites.append(calls[0])
         batch_of.append(batch[0])
         calls[0] += 1
-        if calls[0] == per_forward[0] and stopping is not forward:
+        if can_stop and calls[0] == per_forward[0]:
             raise _UnitDone
 
     def grab_output(module, args, output):
         fp_outputs.append([t.detach().clone()
                            for t in flatten_tensors(output)])
         calls[1] += 1
-        if calls[1] == per_forward[0] and stopping is not forward:
+        if can_stop and calls[1] == per_forward[0]:
             raise _UnitDone
 
     def before_batch():
@@ -196,7 +196,8 @@ def _capture(fp_model, q_model, fp_unit, q_unit, forward: Forward,
         calls[0] = calls[1] = 0
         batch[0] += 1
 
-    _run_both(fp_model, q_model, stopping, batches, [
+    run = _stopping_forward(forward) if can_stop else forward
+    _run_both(fp_model, q_model, run, batches, [
         q_unit.register_forward_pre_hook(grab_input),
         fp_unit.register_forward_hook(grab_output)
     ], before_batch=before_batch)

@@ -99,16 +99,13 @@ class PostTrainingHook(Hook):
         if self.observers:
             set_observers(q, **self.observers)
         if self.calibrate:
-            source = self.calibration_samples
-            if source is None:
-                recalibrate(q, forward, batches)
-                logger.info('Activation ranges re-estimated on the pool')
-            else:
-                recalibrate(q, forward, source(model, self.num_samples,
-                                               self.batch_size))
-                logger.info('Activation ranges re-estimated on '
-                            f'{self.num_samples} samples from '
-                            f'{type(source).__name__}')
+            source = self.calibration_samples or self.samples
+            calib = batches if source is self.samples else source(
+                model, self.num_samples, self.batch_size)
+            recalibrate(q, forward, calib)
+            logger.info('Activation ranges re-estimated on '
+                        f'{self.num_samples} samples from '
+                        f'{type(source).__name__}')
         if self.bias_correction:
             shifts = correct_bias(fp, q, forward, batches)
             logger.info(f'Bias correction of {len(shifts)} layers')
