@@ -73,10 +73,15 @@ def test_derive_keeps_ddaq_and_leaves_the_input_alone():
 
 
 def test_derived_pool_replaces_the_configs_own_sample_source():
-    # the frozen-BN config draws its pool from MixedSamples(sources=...);
-    # a derived method's source must not inherit those arguments
+    # a config's own pool may be MixedSamples(sources=...); a derived
+    # method's source must not inherit those arguments
     cfg = load_config(osp.join(ROOT, 'configs',
                                'ddaq_retinanet_r18-w16_frozenbn_w4a4.py'))
+    post = [h for h in cfg.custom_hooks
+            if h['type'].endswith('PostTrainingHook')][0]
+    post['samples'] = dict(type='mmddaq.MixedSamples',
+                           sources=[dict(type='mmddaq.AlgorithmSamples'),
+                                    dict(type='mmddaq.GaussianSamples')])
     for method, source in (('ptq-mse', 'mmddaq.GaussianSamples'),
                            ('genie', 'mmddaq.AlgorithmSamples')):
         post = [h for h in derive_method(cfg, method).custom_hooks
@@ -84,6 +89,26 @@ def test_derived_pool_replaces_the_configs_own_sample_source():
         assert [dict(h['samples']) for h in post] == [dict(type=source)]
     from mmddaq.registry import HOOKS
     HOOKS.build(post[0])  # builds (it did not with leaked arguments)
+
+
+def test_derived_methods_share_the_configs_range_source():
+    # the frozen-BN config calibrates ranges on Gaussian samples and
+    # reconstructs on the generator's: methods that reconstruct keep the
+    # range source and the focus; ptq-mse's own pool is the Gaussian set
+    cfg = load_config(osp.join(ROOT, 'configs',
+                               'ddaq_retinanet_r18-w16_frozenbn_w4a4.py'))
+
+    def post(method):
+        return [h for h in derive_method(cfg, method).custom_hooks
+                if h['type'].endswith('PostTrainingHook')][0]
+
+    assert post('ddaq')['samples'] == dict(type='mmddaq.AlgorithmSamples')
+    for method in ('ddaq', 'genie'):
+        assert post(method)['calibration_samples'] == dict(
+            type='mmddaq.GaussianSamples')
+        assert post(method)['reconstruction']['focus'] > 0
+    assert 'calibration_samples' not in post('ptq-mse')
+    assert post('ptq-mse')['reconstruction'] is None
 
 
 def test_derive_errors_are_clear():

@@ -9,3 +9,8 @@ _base_ = [
     './ddaq_detection.py',
 ]
 train_dataloader = None  # data-free: the generator makes every batch
+# a class-conditional generator with the detection prior: one of COCO's 80
+# classes per image, which the FP detector should find there (without it
+# the frozen-BN testbed's generator collapsed onto one image, Round 5)
+generator = dict(num_classes=80)
+loss_weights = dict(ce=1.0)

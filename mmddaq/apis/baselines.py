@@ -141,6 +141,8 @@ def derive_method(cfg: Config,
             post = post_training_hook(
                 cfg, dict(type='mmddaq.GaussianSamples'),
                 reconstruction=False)
+            # its pool is the Gaussian calibration set: no second source
+            post.pop('calibration_samples', None)
             if cfg.get('ptq_observers'):
                 # range search chosen for calibration without refinement
                 post['observers'] = copy.deepcopy(cfg.ptq_observers)
