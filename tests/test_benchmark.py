@@ -77,11 +77,11 @@ def test_derived_pool_replaces_the_configs_own_sample_source():
     # method's source must not inherit those arguments
     cfg = load_config(osp.join(ROOT, 'configs',
                                'ddaq_retinanet_r18-w16_frozenbn_w4a4.py'))
-    post = [h for h in cfg.custom_hooks
-            if h['type'].endswith('PostTrainingHook')][0]
-    post['samples'] = dict(type='mmddaq.MixedSamples',
-                           sources=[dict(type='mmddaq.AlgorithmSamples'),
-                                    dict(type='mmddaq.GaussianSamples')])
+    own = [h for h in cfg.custom_hooks
+           if h['type'].endswith('PostTrainingHook')][0]
+    own['samples'] = dict(type='mmddaq.MixedSamples',
+                          sources=[dict(type='mmddaq.AlgorithmSamples'),
+                                   dict(type='mmddaq.GaussianSamples')])
     for method, source in (('ptq-mse', 'mmddaq.GaussianSamples'),
                            ('genie', 'mmddaq.AlgorithmSamples')):
         post = [h for h in derive_method(cfg, method).custom_hooks
