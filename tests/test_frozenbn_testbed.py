@@ -76,7 +76,19 @@ def test_patches_deterministic_and_checked(tmp_path):
         assert json.load(f)['params'] == patch_params('train', 2, 16)
 
 
-def test_pretrained_classifier_loads_into_frozen_bn_detector(tmp_path):
+DETECTORS = ('retinanet', 'faster-rcnn')
+
+
+def _heads(detector):
+    """The modules after the neck: a dense head, or RPN and RoI head."""
+    if hasattr(detector, 'bbox_head'):
+        return [detector.bbox_head]
+    return [detector.rpn_head, detector.roi_head]
+
+
+@pytest.mark.parametrize('detector_name', DETECTORS)
+def test_pretrained_classifier_loads_into_frozen_bn_detector(
+        tmp_path, detector_name):
     """The patch classifier's backbone is the detector's, BN frozen."""
     import mmpretrain  # noqa: F401
     from mmengine.registry import MODELS
@@ -91,7 +103,7 @@ def test_pretrained_classifier_loads_into_frozen_bn_detector(tmp_path):
 
     init_default_scope('mmdet')
     det_cfg = Config.fromfile(
-        osp.join(CONFIGS, 'fp_retinanet_r18-w16_frozenbn.py'))
+        osp.join(CONFIGS, f'fp_{detector_name}_r18-w16_frozenbn.py'))
     det_cfg.model.backbone.init_cfg.checkpoint = ckpt
     detector = MODELS.build(det_cfg.model)
     detector.init_weights()
@@ -113,32 +125,44 @@ def test_pretrained_classifier_loads_into_frozen_bn_detector(tmp_path):
     assert all(p.requires_grad for p in detector.backbone.layer2.parameters()
                if p.dim() > 1)
     # FPN and head carry no BN: nothing there describes the test images
+    after_backbone = [detector.neck] + _heads(detector)
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-                   for m in list(detector.neck.modules()) +
-                   list(detector.bbox_head.modules()))
+                   for head in after_backbone for m in head.modules())
 
 
-def test_ddaq_config_quantizes_the_frozen_bn_detector():
+@pytest.mark.parametrize('detector_name', DETECTORS)
+def test_ddaq_config_quantizes_the_frozen_bn_detector(detector_name):
     cfg = Config.fromfile(
-        osp.join(CONFIGS, 'ddaq_retinanet_r18-w16_frozenbn_w4a4.py'))
+        osp.join(CONFIGS, f'ddaq_{detector_name}_r18-w16_frozenbn_w4a4.py'))
     assert cfg.train_dataloader is None
     arch = cfg.model.architecture
     assert arch.backbone.norm_eval and arch.backbone.frozen_stages == 1
-    assert arch.bbox_head.num_classes == len(ALL_SHAPES_CLASSES)
+    head = arch.get('bbox_head') or arch.roi_head.bbox_head
+    assert head.num_classes == len(ALL_SHAPES_CLASSES)
     # the detection prior: one of the detector's classes per generated image
     assert cfg.model.generator.num_classes == len(ALL_SHAPES_CLASSES)
     assert cfg.model.loss_weights.ce > 0
     assert cfg.test_dataloader.dataset.data_root == 'data/shapes_small/'
     assert 'shapes_small' in cfg.test_evaluator.ann_file
     assert cfg.model.fp_checkpoint.startswith(
-        'work_dirs/fp_retinanet_r18-w16_frozenbn/')
+        f'work_dirs/fp_{detector_name}_r18-w16_frozenbn/')
     assert np.isfinite(cfg.input_shape[-1])
+    # the tune-chosen post-training recipe travels with both detectors
+    post = [h for h in cfg.custom_hooks
+            if h.type == 'mmddaq.PostTrainingHook']
+    assert len(post) == 1 and post[0].reconstruction.focus > 0
+    assert post[0].calibration_samples.type == 'mmddaq.GaussianSamples'
 
 
-def test_benchmark_suite_prepares_pretraining_first():
+@pytest.mark.parametrize('detector_name', DETECTORS)
+def test_benchmark_suite_prepares_pretraining_first(detector_name):
     from test_benchmark import _benchmark_module
     bench = _benchmark_module()
-    suite = bench.SUITES['frozenbn-retinanet']
+    suite = bench.SUITES[f'frozenbn-{detector_name}']
+    assert suite['fp_config'].endswith(
+        f'fp_{detector_name}_r18-w16_frozenbn.py')
+    assert suite['ddaq_config'].endswith(
+        f'ddaq_{detector_name}_r18-w16_frozenbn_w4a4.py')
     assert suite['pretrain'][0].endswith('fp_resnet18-w16_patches.py')
     assert 'shapes_small' in suite['tune_options']['test_evaluator.ann_file']
     assert suite['data'] in bench.DATA

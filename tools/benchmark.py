@@ -122,6 +122,19 @@ SUITES = {
         methods={m: None for m in DERIVED_METHODS},
         methods_8bit=('ptq', 'ptq-mse', 'zeroq', 'ddaq'),
         data='shapes-small'),
+    'frozenbn-faster-rcnn':
+    dict(
+        model='faster-rcnn-r18-w16-frozenbn',
+        pretrain=('configs/fp_resnet18-w16_patches.py',
+                  'work_dirs/fp_resnet18-w16_patches'),
+        fp_config='configs/fp_faster-rcnn_r18-w16_frozenbn.py',
+        fp_work_dir='work_dirs/fp_faster-rcnn_r18-w16_frozenbn',
+        ddaq_config='configs/ddaq_faster-rcnn_r18-w16_frozenbn_w4a4.py',
+        metrics=DETECTION_METRICS,
+        tune_options=tune_options('data/shapes_small'),
+        methods={m: None for m in DERIVED_METHODS},
+        methods_8bit=('ptq', 'ptq-mse', 'zeroq', 'ddaq'),
+        data='shapes-small'),
 }
 #: what each suite's ``data`` needs generated first
 DATA = {'shapes': ensure_shapes, 'shapes-small': ensure_small_shapes}
