@@ -155,3 +155,9 @@ def test_coco_recipe_reconstructs_the_frozen_stem_and_layer1(
         assert np.isfinite(result['error_after'])
         unit = q.get_submodule(name)
         assert grads[unit] and all(grads[unit]), name
+    # the last unit runs on the head's rows (a RoI head: one per RoI, not
+    # one per image): the image-sized focus map must not be applied there
+    last = units[-1]
+    result = rec.reconstruct_unit(model.fp_model, q, last, forward, batches,
+                                  maps)
+    assert np.isfinite(result['error_after']), last

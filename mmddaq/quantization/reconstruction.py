@@ -205,7 +205,12 @@ def _capture(fp_model, q_model, fp_unit, q_unit, forward: Forward,
         raise RuntimeError('the FP and the quantized model called a unit a '
                            f'different number of times ({len(fp_outputs)} '
                            f'vs {len(q_inputs)})')
-    weight_maps = [None if maps is None else maps[b] for b in batch_of]
+    # a map weights the positions of the images it was made for: units
+    # that run on other rows (a RoI head's per-RoI features) get none
+    weight_maps = [
+        maps[b] if maps is not None and len(x) == len(maps[b]) else None
+        for x, b in zip(q_inputs, batch_of)
+    ]
     return list(zip(q_inputs, fp_outputs, sites, weight_maps))
 
 
