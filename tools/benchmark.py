@@ -42,6 +42,24 @@ from mmddaq.datasets import (SHAPES_TUNE_OPTIONS, ensure_patches,  # noqa
 DETECTION_METRICS = dict(bbox_mAP='coco/bbox_mAP',
                          bbox_mAP_50='coco/bbox_mAP_50')
 
+def frozenbn_suite(detector: str) -> dict:
+    """The frozen-BN suite of ``detector`` (``'retinanet'`` or
+    ``'faster-rcnn'``): the patch-pretrained backbone, BN frozen, the small
+    shapes set; its configs are named after the detector."""
+    return dict(
+        model=f'{detector}-r18-w16-frozenbn',
+        pretrain=('configs/fp_resnet18-w16_patches.py',
+                  'work_dirs/fp_resnet18-w16_patches'),
+        fp_config=f'configs/fp_{detector}_r18-w16_frozenbn.py',
+        fp_work_dir=f'work_dirs/fp_{detector}_r18-w16_frozenbn',
+        ddaq_config=f'configs/ddaq_{detector}_r18-w16_frozenbn_w4a4.py',
+        metrics=DETECTION_METRICS,
+        tune_options=tune_options('data/shapes_small'),
+        methods={m: None for m in DERIVED_METHODS},
+        methods_8bit=('ptq', 'ptq-mse', 'zeroq', 'ddaq'),
+        data='shapes-small')
+
+
 SUITES = {
     'digits':
     dict(
@@ -109,32 +127,8 @@ SUITES = {
         methods_8bit=('ptq', 'zeroq', 'ddaq'),
         data='shapes'),
     # trained like real mmdet detectors: pretrained backbone, frozen BN
-    'frozenbn-retinanet':
-    dict(
-        model='retinanet-r18-w16-frozenbn',
-        pretrain=('configs/fp_resnet18-w16_patches.py',
-                  'work_dirs/fp_resnet18-w16_patches'),
-        fp_config='configs/fp_retinanet_r18-w16_frozenbn.py',
-        fp_work_dir='work_dirs/fp_retinanet_r18-w16_frozenbn',
-        ddaq_config='configs/ddaq_retinanet_r18-w16_frozenbn_w4a4.py',
-        metrics=DETECTION_METRICS,
-        tune_options=tune_options('data/shapes_small'),
-        methods={m: None for m in DERIVED_METHODS},
-        methods_8bit=('ptq', 'ptq-mse', 'zeroq', 'ddaq'),
-        data='shapes-small'),
-    'frozenbn-faster-rcnn':
-    dict(
-        model='faster-rcnn-r18-w16-frozenbn',
-        pretrain=('configs/fp_resnet18-w16_patches.py',
-                  'work_dirs/fp_resnet18-w16_patches'),
-        fp_config='configs/fp_faster-rcnn_r18-w16_frozenbn.py',
-        fp_work_dir='work_dirs/fp_faster-rcnn_r18-w16_frozenbn',
-        ddaq_config='configs/ddaq_faster-rcnn_r18-w16_frozenbn_w4a4.py',
-        metrics=DETECTION_METRICS,
-        tune_options=tune_options('data/shapes_small'),
-        methods={m: None for m in DERIVED_METHODS},
-        methods_8bit=('ptq', 'ptq-mse', 'zeroq', 'ddaq'),
-        data='shapes-small'),
+    **{f'frozenbn-{d}': frozenbn_suite(d)
+       for d in ('retinanet', 'faster-rcnn')},
 }
 #: what each suite's ``data`` needs generated first
 DATA = {'shapes': ensure_shapes, 'shapes-small': ensure_small_shapes}
