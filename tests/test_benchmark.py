@@ -170,7 +170,8 @@ def test_cost_ratios_on_a_tiny_model(tiny_fp_checkpoint):
     from mmddaq.apis.cost import peak_memory_ratio, speed_ratios
     cfg = load_config(DDAQ_CONFIG, tiny_ddaq_options(tiny_fp_checkpoint))
     ratios = speed_ratios(cfg, repeats=2)
-    for key in ('iter_over_fp_step', 'fakequant_over_fp_forward'):
+    for key in ('iter_over_fp_step', 'recipe_iter_over_fp_step',
+                'fakequant_over_fp_forward'):
         assert 0 < ratios[key] < float('inf')
     # a DDAQ iteration runs two models forward and backward: never cheaper
     assert ratios['ddaq_iter_s'] > ratios['fp_forward_s']
@@ -178,6 +179,18 @@ def test_cost_ratios_on_a_tiny_model(tiny_fp_checkpoint):
     assert mem['ddaq_peak_mb'] > 0 and mem['fp_peak_mb'] > 0
     assert mem['peak_mem_over_fp_step'] == pytest.approx(
         mem['ddaq_peak_mb'] / mem['fp_peak_mb'])
+
+
+def test_recipe_plan_mix_follows_the_schedule():
+    from mmddaq.apis.cost import recipe_plan_mix
+    # the default recipes: the generator alone, every iteration
+    assert recipe_plan_mix(dict(max_iters=400, warmup_iters=400)) == {
+        (True, False): 1.0}
+    mix = recipe_plan_mix(dict(max_iters=8, warmup_iters=4,
+                               generator_interval=2))
+    # iterations 0-3 warm-up (generator on 0, 2), 4-7 quantized every one
+    assert mix == {(True, False): 0.25, (False, False): 0.25,
+                   (True, True): 0.25, (False, True): 0.25}
 
 
 def test_speed_table_marks_goals():
@@ -190,7 +203,11 @@ def test_speed_table_marks_goals():
              seconds=1.),
     ]
     table = bench.markdown_table(rows)
-    assert "| m (cpu) | 3.00 (missed) | 1.10 (met) |  |" in table
+    assert "| m (cpu) | 3.00 (missed) |  | 1.10 (met) |  |" in table
+    # a recipe variant (--tag) gets its own line
+    variant = [dict(r, method='ddaq-taper32', value=2.0) for r in rows]
+    table = bench.markdown_table(rows + variant)
+    assert "| m (cpu, ddaq-taper32) | 2.00 (met) |  | 2.00 (missed) |  |" in table
     # seconds-to-quality rows get their own table, one line per method
     rows += [dict(suite='speed', model='m', method=m, w_bits=4, a_bits=4,
                   seed=0, metric='seconds_to_quality', value=v,
@@ -199,7 +216,11 @@ def test_speed_table_marks_goals():
     table = bench.markdown_table(rows)
     assert '| m | ddaq | 90 | top1 98.5000 |' in table
     assert '| m | gdfq | 60 | top1 97.0000 |' in table
-    assert "| m (cpu) | 3.00 (missed) | 1.10 (met) |  |" in table
+    assert "| m (cpu) | 3.00 (missed) |  | 1.10 (met) |  |" in table
+    # a recipe variant (--tag) gets its own line
+    variant = [dict(r, method='ddaq-taper32', value=2.0) for r in rows]
+    table = bench.markdown_table(rows + variant)
+    assert "| m (cpu, ddaq-taper32) | 2.00 (met) |  | 2.00 (missed) |  |" in table
 
 
 def test_seconds_to_quality_times_ddaq_and_gdfq(tiny_fp_checkpoint,

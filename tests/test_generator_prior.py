@@ -35,6 +35,54 @@ def test_mixed_samples_draw_each_source_in_proportion():
                                   fractions=[1, 1]))
 
 
+class _Scored(_Algorithm):
+    """Draws Gaussian inputs; a sample's discrepancy is its mean."""
+
+    def per_sample_discrepancy(self, x):
+        return x.flatten(1).mean(1)
+
+
+def test_hardest_samples_keep_the_highest_discrepancies():
+    from mmddaq.registry import SAMPLE_SOURCES
+    source = SAMPLE_SOURCES.build(dict(
+        type='mmddaq.HardestSamples',
+        source=dict(type='mmddaq.GaussianSamples'), oversample=4))
+    torch.manual_seed(0)
+    kept = torch.cat(source(_Scored(), 5, 2))
+    torch.manual_seed(0)
+    drawn = torch.cat(SAMPLE_SOURCES.build(
+        dict(type='mmddaq.GaussianSamples'))(_Scored(), 20, 2))
+    assert kept.shape == (5, 3, 8, 8)
+    top = drawn[drawn.flatten(1).mean(1).topk(5).indices]
+    assert sorted(kept.flatten(1).mean(1).tolist()) == \
+        sorted(top.flatten(1).mean(1).tolist())
+    with pytest.raises(ValueError, match='oversample'):
+        SAMPLE_SOURCES.build(dict(type='mmddaq.HardestSamples', oversample=0.5))
+    with pytest.raises(TypeError, match='per_sample_discrepancy'):
+        source(_Algorithm(), 5, 2)
+
+
+@pytest.mark.parametrize('kind', ['retinanet', 'faster_rcnn'])
+def test_per_sample_discrepancy_scores_each_image_alone(kind, tmp_path):
+    model, optim = build(kind, tmp_path)
+    # ranges from one generated batch, then frozen
+    model.train_step(dict(batch_size=2, update_generator=False,
+                          update_quantized=False), optim)
+    from mmddaq.quantization import freeze_activations
+    freeze_activations(model.quantized)
+    model.eval()
+    torch.manual_seed(1)
+    x = torch.randn(3, *model.input_shape)
+    scores = model.per_sample_discrepancy(x)
+    assert scores.shape == (3, ) and (scores > 0).all()
+    # one image's score does not depend on the rest of its batch
+    assert model.per_sample_discrepancy(x[1:2])[0] == pytest.approx(
+        float(scores[1]), rel=1e-4)
+    # far outside the calibrated ranges the quantized model is more wrong
+    wild = model.per_sample_discrepancy(torch.cat([x[:1], 30 * x[:1]]))
+    assert wild[1] > wild[0]
+
+
 def _levels(n=2, anchors=3, classes=4, sizes=(8, 4)):
     torch.manual_seed(0)
     return [torch.randn(n, anchors * classes, s, s, requires_grad=True)

@@ -284,26 +284,30 @@ def method_config(suite, method, options):
     return derive_method(load_config(suite['ddaq_config'], options), method)
 
 
-SPEED_METRICS = ('iter_over_fp_step', 'fakequant_over_fp_forward',
-                 'peak_mem_over_fp_step')
+SPEED_METRICS = ('iter_over_fp_step', 'recipe_iter_over_fp_step',
+                 'fakequant_over_fp_forward', 'peak_mem_over_fp_step')
 
 
 def run_speed(args):
-    """Cost ratios of DDAQ W4A4 per model of the accuracy suites."""
+    """Cost ratios of DDAQ W4A4 per model of the accuracy suites
+    (``--cfg-options`` change the recipe; ``--tag`` names the variant)."""
     from mmddaq.apis.cost import (cuda_peak_memory_ratio, peak_memory_ratio,
                                   speed_ratios)
     rows = _load_rows(args.out)
     on_cuda = args.device.startswith('cuda')
+    method = 'ddaq' + args.tag
     for name in args.models:
         suite = SUITES[name]
         if any(r['suite'] == 'speed' and r['model'] == suite['model']
+               and r['method'] == method
                and r.get('device', 'cpu') == args.device
                and r['metric'] in SPEED_METRICS for r in rows):
             continue
         # timing needs no trained weights (--random-weights skips training)
         fp_ckpt = None if args.random_weights else prepare_suite(suite)
         cfg = load_config(suite['ddaq_config'],
-                          {'model.fp_checkpoint': fp_ckpt})
+                          dict({'model.fp_checkpoint': fp_ckpt},
+                               **_parse_options(args.cfg_options)))
         start = time.perf_counter()
         values = speed_ratios(cfg, repeats=args.repeats, device=args.device)
         values.update(
@@ -311,11 +315,11 @@ def run_speed(args):
         seconds = time.perf_counter() - start
         for metric in SPEED_METRICS:
             rows.append(
-                dict(suite='speed', model=suite['model'], method='ddaq',
+                dict(suite='speed', model=suite['model'], method=method,
                      w_bits=4, a_bits=4, seed=0, metric=metric,
                      value=round(values[metric], 4),
                      seconds=round(seconds, 2), device=args.device))
-        print(f'[benchmark] speed {suite["model"]}: ' + ', '.join(
+        print(f'[benchmark] speed {suite["model"]} {method}: ' + ', '.join(
             f'{k} = {v:.3f}' for k, v in values.items()), flush=True)
         _save_rows(args.out, rows)
     return rows
@@ -509,15 +513,18 @@ def _fmt(metric, value):
     return f'{value:.2f}' if metric == 'top1' else f'{value:.3f}'
 
 
-SPEED_GOALS = dict(iter_over_fp_step=2.5, fakequant_over_fp_forward=1.3,
-                   peak_mem_over_fp_step=3.0)
+SPEED_GOALS = dict(iter_over_fp_step=2.5, recipe_iter_over_fp_step=2.5,
+                   fakequant_over_fp_forward=1.3, peak_mem_over_fp_step=3.0)
 
 
 def speed_table(rows) -> str:
     """One row per model, one column per cost ratio (goal in the header)."""
-    values = {(f"{r['model']} ({r.get('device', 'cpu')})", r['metric']):
-              r['value'] for r in rows if r['suite'] == 'speed'
-              and r['metric'] in SPEED_GOALS}
+    def label(r):
+        variant = '' if r['method'] == 'ddaq' else f", {r['method']}"
+        return f"{r['model']} ({r.get('device', 'cpu')}{variant})"
+
+    values = {(label(r), r['metric']): r['value'] for r in rows
+              if r['suite'] == 'speed' and r['metric'] in SPEED_GOALS}
     models = list(dict.fromkeys(m for m, _ in values))
     header = ' | '.join(f'{m} (≤ {g})' for m, g in SPEED_GOALS.items())
     lines = ['\n### speed: DDAQ W4A4 cost ratios (median of repeats; '

@@ -6,6 +6,10 @@ Three ratios, each the median of several repeats measured in one process
 - ``iter_over_fp_step``: one DDAQ iteration (generator and quantized
   updates) over one FP training step (forward, backward, SGD step) on a
   batch of the same shape;
+- ``recipe_iter_over_fp_step``: the mean iteration of the config's own
+  schedule (its ``train_cfg`` decides which iterations update the generator
+  and which the quantized model; every default recipe trains the generator
+  alone) over the same FP step;
 - ``fakequant_over_fp_forward``: forward of the fake-quantized model over
   the FP model's forward (inference, no autograd);
 - ``peak_mem_over_fp_step``: the memory a DDAQ iteration needs over what an
@@ -61,6 +65,29 @@ def _build_ddaq(cfg: Config, device='cpu'):
     plan = dict(batch_size=cfg.train_cfg.batch_size, update_generator=True,
                 update_quantized=True)
     return model, optim, plan
+
+
+def recipe_plan_mix(train_cfg) -> Dict[tuple, float]:
+    """How often each kind of iteration occurs in a schedule.
+
+    Args:
+        train_cfg (dict): A ``DataFreeTrainLoop`` config.
+
+    Returns:
+        dict: ``(update_generator, update_quantized)`` -> share of the
+        ``max_iters`` iterations.
+    """
+    from mmddaq.engine import step_plan
+    counts: Dict[tuple, int] = {}
+    n = int(train_cfg['max_iters'])
+    for it in range(n):
+        plan = step_plan(it, int(train_cfg.get('batch_size', 64)),
+                         int(train_cfg.get('warmup_iters', 0)),
+                         int(train_cfg.get('generator_interval', 1)),
+                         int(train_cfg.get('quantized_interval', 1)))
+        key = (plan['update_generator'], plan['update_quantized'])
+        counts[key] = counts.get(key, 0) + 1
+    return {k: v / n for k, v in counts.items()}
 
 
 def _calibrated(model, optim, plan) -> None:
@@ -147,15 +174,23 @@ def speed_ratios(cfg: Config,
 
     Returns:
         dict[str, float]: ``iter_over_fp_step``,
-        ``fakequant_over_fp_forward`` and the median seconds of one DDAQ
-        iteration (``ddaq_iter_s``), FP step (``fp_step_s``), fake-quant
-        forward (``fakequant_forward_s``) and FP forward
+        ``recipe_iter_over_fp_step``, ``fakequant_over_fp_forward`` and the
+        median seconds of one DDAQ iteration (``ddaq_iter_s``), the
+        schedule's mean iteration (``recipe_iter_s``, each kind of
+        iteration timed by its median), FP step (``fp_step_s``),
+        fake-quant forward (``fakequant_forward_s``) and FP forward
         (``fp_forward_s``).
     """
     model, optim, plan = _build_ddaq(cfg, device)
     _calibrated(model, optim, plan)
     ddaq = _median_seconds(lambda: model.train_step(plan, optim), repeats,
                            device=device)
+    recipe = 0.
+    for (update_g, update_q), share in recipe_plan_mix(cfg.train_cfg).items():
+        kind = dict(plan, update_generator=update_g,
+                    update_quantized=update_q)
+        recipe += share * _median_seconds(
+            lambda: model.train_step(kind, optim), repeats, device=device)
 
     x = torch.randn(plan['batch_size'], *model.input_shape, device=device)
     model.eval()
@@ -173,8 +208,10 @@ def speed_ratios(cfg: Config,
         device=device)
     return dict(
         iter_over_fp_step=ddaq / fp_step,
+        recipe_iter_over_fp_step=recipe / fp_step,
         fakequant_over_fp_forward=q_fwd / fp_fwd,
         ddaq_iter_s=ddaq,
+        recipe_iter_s=recipe,
         fp_step_s=fp_step,
         fakequant_forward_s=q_fwd,
         fp_forward_s=fp_fwd)

@@ -35,6 +35,30 @@ class _NoDataset:
         return 0
 
 
+def step_plan(it: int,
+              batch_size: int,
+              warmup_iters: int = 0,
+              generator_interval: int = 1,
+              quantized_interval: int = 1) -> dict:
+    """The step plan of iteration ``it`` (0-based) of a data-free run.
+
+    Args:
+        it (int): The iteration.
+        batch_size (int): Generated samples per iteration.
+        warmup_iters (int): Iterations that update only the generator.
+        generator_interval (int): Update the generator every n iterations.
+        quantized_interval (int): Update the quantized model every n
+            iterations (after warm-up).
+
+    Returns:
+        dict: ``batch_size``, ``update_generator``, ``update_quantized``.
+    """
+    return dict(
+        batch_size=batch_size,
+        update_generator=it % generator_interval == 0,
+        update_quantized=it >= warmup_iters and it % quantized_interval == 0)
+
+
 @LOOPS.register_module()
 class DataFreeTrainLoop(BaseLoop):
     """Iteration-based training on generated batches (no dataset needed).
@@ -116,12 +140,9 @@ class DataFreeTrainLoop(BaseLoop):
         return self._iter
 
     def plan(self, it: int) -> dict:
-        """Step plan of iteration ``it`` (0-based)."""
-        return dict(
-            batch_size=self.batch_size,
-            update_generator=it % self.generator_interval == 0,
-            update_quantized=it >= self.warmup_iters
-            and it % self.quantized_interval == 0)
+        """Step plan of iteration ``it`` (0-based), see :func:`step_plan`."""
+        return step_plan(it, self.batch_size, self.warmup_iters,
+                         self.generator_interval, self.quantized_interval)
 
     def _real_batches(self):
         while True:

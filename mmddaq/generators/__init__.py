@@ -1,8 +1,9 @@
 from .generator import Generator
-from .sources import (AlgorithmSamples, GaussianSamples, MixedSamples,
-                      RealSamples)
+from .sources import (AlgorithmSamples, GaussianSamples, HardestSamples,
+                      MixedSamples, RealSamples)
 
 __all__ = [
-    'Generator', 'AlgorithmSamples', 'GaussianSamples', 'MixedSamples',
+    'Generator', 'AlgorithmSamples', 'GaussianSamples', 'HardestSamples',
+    'MixedSamples',
     'RealSamples'
 ]

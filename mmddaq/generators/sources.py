@@ -113,3 +113,43 @@ class MixedSamples:
             if count > 0:
                 batches += source(algorithm, count, batch_size)
         return batches
+
+
+@SAMPLE_SOURCES.register_module()
+class HardestSamples:
+    """The samples of another source on which the quantized model is most
+    wrong: D2 as a selection rule.
+
+    ``oversample * num_samples`` inputs are drawn from ``source``; each is
+    scored by the algorithm's per-sample FP-vs-quantized discrepancy
+    (``per_sample_discrepancy``, the D2 taps and their importance weights)
+    and the ``num_samples`` highest scores are kept.
+
+    Args:
+        source (dict): The sample source to draw from.
+        oversample (float): Inputs drawn per input kept (>= 1). Defaults
+            to 4.
+    """
+
+    def __init__(self, source: dict = dict(type='mmddaq.AlgorithmSamples'),
+                 oversample: float = 4.) -> None:
+        if float(oversample) < 1:
+            raise ValueError(f'oversample must be >= 1, got {oversample}')
+        self.source = SAMPLE_SOURCES.build(source)
+        self.oversample = float(oversample)
+
+    @torch.no_grad()
+    def __call__(self, algorithm, num_samples: int,
+                 batch_size: int) -> List[torch.Tensor]:
+        if not hasattr(algorithm, 'per_sample_discrepancy'):
+            raise TypeError(f'{type(algorithm).__name__} has no '
+                            'per_sample_discrepancy: HardestSamples needs the '
+                            'DDAQ algorithm')
+        drawn = max(num_samples, int(round(self.oversample * num_samples)))
+        pool = torch.cat(self.source(algorithm, drawn, batch_size))
+        scores = torch.cat([
+            algorithm.per_sample_discrepancy(b)
+            for b in pool.split(batch_size)
+        ])
+        keep = scores.topk(num_samples).indices.sort().values
+        return list(pool[keep].split(batch_size))

@@ -467,6 +467,40 @@ class DDAQ(BaseModel):
         return log_vars
 
     # ------------------------------------------------------------------
+    @torch.no_grad()
+    def per_sample_discrepancy(self, x: torch.Tensor) -> torch.Tensor:
+        """D2 of each sample: the tap-weighted FP-vs-quantized discrepancy.
+
+        Per sample ``sum_t w_t ||fp_t - q_t||^2 / ||fp_t||^2`` over the D2
+        taps whose outputs have one row per image (a RoI head's rows are
+        proposals and are left out). Activation ranges are not updated.
+
+        Args:
+            x (Tensor): ``(N, C, H, W)`` inputs.
+
+        Returns:
+            Tensor: ``(N, )`` discrepancies.
+        """
+        n = x.shape[0]
+        with self._fp_rec.recording() as fp_feats:
+            fp_out = self.adapter.forward(self.fp_model, x)
+        with observation_disabled(self.quantized), \
+                quantize_weights_once(self.quantized), \
+                self._q_rec.recording() as q_feats:
+            self.adapter.forward(self.quantized, x, reference=fp_out)
+        score = x.new_zeros(n)
+        for tap in self.taps:
+            num, den = x.new_zeros(n), x.new_zeros(n)
+            for a, b in zip(flatten_tensors(fp_feats[tap]),
+                            flatten_tensors(q_feats[tap])):
+                if a.dim() == 0 or a.shape[0] != n:
+                    continue
+                a, b = a.float().reshape(n, -1), b.float().reshape(n, -1)
+                num += ((a - b)**2).sum(1)
+                den += (a**2).sum(1)
+            score += self.dis_loss.tap_weights[tap] * num / (den + 1e-8)
+        return score
+
     def _eval_target(self) -> nn.Module:
         return self.quantized if self.eval_model == 'quantized' \
             else self.fp_model
