@@ -9,6 +9,7 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 from conftest import ROOT
+from mmddaq.apis import load_config
 from mmddaq.datasets.patches import (generate_patches, patch_params,
                                      patches_generated)
 from mmddaq.datasets.shapes import (ALL_SHAPES_CLASSES, BACKGROUND_PHOTOS,
@@ -166,3 +167,22 @@ def test_benchmark_suite_prepares_pretraining_first(detector_name):
     assert suite['pretrain'][0].endswith('fp_resnet18-w16_patches.py')
     assert 'shapes_small' in suite['tune_options']['test_evaluator.ann_file']
     assert suite['data'] in bench.DATA
+
+
+@pytest.mark.parametrize('detector_name', DETECTORS)
+def test_tune_split_replaces_the_reported_one_everywhere(detector_name):
+    """A tune run validates during training and tests on ``tune`` only."""
+    from test_benchmark import _benchmark_module
+    bench = _benchmark_module()
+    suite = bench.SUITES[f'frozenbn-{detector_name}']
+    cfg = load_config(suite['ddaq_config'], suite['tune_options'])
+    for stage in ('val', 'test'):
+        loader = cfg[f'{stage}_dataloader']
+        assert loader.dataset.ann_file == 'annotations/instances_tune.json'
+        assert loader.dataset.data_prefix.img == 'tune/'
+        assert cfg[f'{stage}_evaluator'].ann_file.endswith(
+            'shapes_small/annotations/instances_tune.json')
+    digits = load_config(bench.SUITES['digits']['ddaq_config'],
+                         bench.SUITES['digits']['tune_options'])
+    assert digits.val_dataloader.dataset.split == 'tune'
+    assert digits.test_dataloader.dataset.split == 'tune'

@@ -68,7 +68,8 @@ SUITES = {
         fp_work_dir='work_dirs/fp_resnet18-w16_digits',
         ddaq_config='configs/ddaq_resnet18-w16_digits_w4a4.py',
         metrics=dict(top1='accuracy/top1'),
-        tune_options={'test_dataloader.dataset.split': 'tune'},
+        tune_options={'val_dataloader.dataset.split': 'tune',
+                      'test_dataloader.dataset.split': 'tune'},
         methods=dict(
             ptq='configs/baselines/ptq_resnet18-w16_digits_w4a4.py',
             **{

@@ -55,7 +55,8 @@ _NUM_COLOR_CANDIDATES = 8
 
 def tune_options(data_root: str = 'data/shapes') -> dict:
     """Config overrides that evaluate a shapes config on its ``tune`` split
-    (where recipes are chosen) instead of ``val``.
+    (where recipes are chosen) instead of ``val``, in validation during
+    training and in the final test.
 
     Args:
         data_root (str): Root of the set. Defaults to ``'data/shapes'``.
@@ -63,11 +64,16 @@ def tune_options(data_root: str = 'data/shapes') -> dict:
     Returns:
         dict: ``--cfg-options`` style overrides.
     """
+    # validation during training too: a tune run never reads the reported
+    # split
+    ann = osp.join(data_root, 'annotations', 'instances_tune.json')
     return {
-        'test_dataloader.dataset.ann_file': 'annotations/instances_tune.json',
-        'test_dataloader.dataset.data_prefix.img': 'tune/',
-        'test_evaluator.ann_file':
-        osp.join(data_root, 'annotations', 'instances_tune.json'),
+        f'{stage}_{key}': value
+        for stage in ('val', 'test')
+        for key, value in (('dataloader.dataset.ann_file',
+                            'annotations/instances_tune.json'),
+                           ('dataloader.dataset.data_prefix.img', 'tune/'),
+                           ('evaluator.ann_file', ann))
     }
 
 
