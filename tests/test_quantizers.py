@@ -78,6 +78,48 @@ def test_native_and_learnable_paths_agree():
     assert torch.equal(ga, gb)
 
 
+@pytest.mark.parametrize('per_channel', [False, True])
+@pytest.mark.parametrize('bits,symmetric', [(4, False), (3, True),
+                                            (8, False)])
+def test_cpu_fake_quantize_is_torchs_kernel_bit_for_bit(
+        per_channel, bits, symmetric):
+    # the CPU path computes what torch.fake_quantize_* compute: values
+    # (ties at half steps and clipped values included) and gradient mask
+    gen = torch.Generator().manual_seed(bits)
+    x = torch.randn(6, 5, 7, 7, generator=gen) * 3
+    if per_channel:
+        lo, hi = x.transpose(0, 1).reshape(5, -1).aminmax(dim=1)
+        lo, hi = lo * 0.7, hi * 0.6  # some values outside the grid
+    else:
+        lo, hi = x.min() * 0.7, x.max() * 0.6
+    scale, zp = calc_qparams(lo, hi, bits, symmetric)
+    # exact ties: values at k + 0.5 steps from zero
+    x.view(-1)[:200] = (torch.arange(200) - 100 + 0.5) * (
+        scale.reshape(-1)[0] if per_channel else scale)
+    x.requires_grad_(True)
+    from mmddaq.quantization.fake_quant import quant_range
+    qmin, qmax = quant_range(bits, symmetric)
+    if per_channel:
+        ref = torch.fake_quantize_per_channel_affine(
+            x, scale, zp.int(), 1, qmin, qmax)
+        shape = (1, -1, 1, 1)
+    else:
+        ref = torch.fake_quantize_per_tensor_affine(x, scale, zp.int(), qmin,
+                                                    qmax)
+        shape = ()
+    out = fake_quantize(x, scale.reshape(shape), zp.reshape(shape), bits,
+                        symmetric)
+    assert torch.equal(out, ref)
+    g_out, = torch.autograd.grad(out.pow(2).sum(), x)
+    g_ref, = torch.autograd.grad(ref.pow(2).sum(), x)
+    assert torch.equal(g_out, g_ref)
+    assert 0 < (g_ref == 0).sum() < x.numel()  # both clipped and inside
+    with torch.no_grad():
+        assert torch.equal(fake_quantize(x, scale.reshape(shape),
+                                         zp.reshape(shape), bits, symmetric),
+                           ref)
+
+
 def test_learnable_step_gets_gradient():
     w = torch.randn(4, 8, requires_grad=True)
     wq = WeightQuantizer(bits=4, learnable=True)

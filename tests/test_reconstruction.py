@@ -577,3 +577,58 @@ def test_focus_favours_the_positions_where_the_fp_model_sees_objects():
         BlockReconstruction(iters=1, focus=0.1)(
             nn.Identity(), nn.Identity(), lambda m, b: m(b),
             [torch.zeros(1, 1)])
+
+
+def _records(sizes, site=0, focus=True):
+    """Records whose inputs number their rows globally (row k holds k)."""
+    records, start = [], 0
+    for n in sizes:
+        x = torch.arange(start, start + n, dtype=torch.float)
+        x = x.reshape(n, 1, 1, 1).expand(n, 2, 3, 3).contiguous()
+        records.append((x, [x * 2], site,
+                        x[:, :1].clone() if focus else None))
+        start += n
+    return records
+
+
+def test_record_sampler_draws_distinct_samples_across_pool_batches():
+    from mmddaq.quantization.reconstruction import RecordSampler
+    torch.manual_seed(0)
+    records = _records([4, 4, 4]) + [
+        (torch.zeros(4, 2, 5, 5), [torch.zeros(4, 2, 5, 5)], 1, None)]
+    draw = RecordSampler(records, batch_size=6)
+    seen_batches = set()
+    for _ in range(40):
+        x, (target, ), site, focus = draw()
+        if site == 1:  # another call site: its own shape, never mixed
+            assert x.shape == (4, 2, 5, 5) and focus is None
+            continue
+        ids = x[:, 0, 0, 0].long().tolist()
+        assert len(ids) == 6 and len(set(ids)) == 6  # no repeats
+        # inputs, targets and focus maps stay row-aligned
+        assert torch.equal(target, x * 2) and torch.equal(focus, x[:, :1])
+        seen_batches.update(i // 4 for i in ids)
+    assert seen_batches == {0, 1, 2}
+    # without mixing: rows of one pool batch, drawn with replacement
+    draw = RecordSampler(records[:3], batch_size=6, mix=False)
+    for _ in range(10):
+        ids = draw()[0][:, 0, 0, 0].long()
+        assert len(ids) == 4 and len(set((ids // 4).tolist())) == 1
+
+
+def test_constant_rounding_lr_decides_more_rounding_in_few_steps():
+    fp = _trained_tiny_resnet()
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randn(16, 3, 12, 12, generator=gen) for _ in range(2)]
+    undecided = {}
+    for decay in (True, False):
+        torch.manual_seed(0)
+        q = _quantize(copy.deepcopy(fp), 3, batches)
+        results = BlockReconstruction(
+            iters=40, batch_size=16, round_lr=0.05, round_lr_decay=decay,
+            learn_act_steps=False, drop_prob=0.)(
+                fp, q, lambda m, b: m(b), batches)
+        undecided[decay] = sum(r['undecided'] for r in results)
+        assert all(0. <= r['undecided'] <= 1. for r in results)
+    # an annealed rate stops the rounding variables short of 0 / 1
+    assert undecided[False] < undecided[True]

@@ -9,6 +9,7 @@ pool, so memory holds one block's data, not the whole network's.
 """
 import contextlib
 import inspect
+import math
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -289,6 +290,79 @@ def _rec_loss(out: List[torch.Tensor], target: List[torch.Tensor],
     return loss
 
 
+@torch.no_grad()
+def _undecided_share(rounders) -> float:
+    """Share of learned rounding offsets still between 0.1 and 0.9 (not
+    yet a decision for rounding down or up) before they are made hard."""
+    total = sum(a.alpha.numel() for a in rounders)
+    if not total:
+        return 0.
+    soft = sum(int(((o > 0.1) & (o < 0.9)).sum())
+               for o in (a.soft_offset() for a in rounders))
+    return soft / total
+
+
+class RecordSampler:
+    """Draws the training batch of each reconstruction step from a unit's
+    records (:func:`_capture`).
+
+    A step's samples come from one call site (one FPN level of a shared
+    head conv: every site has its own input shape), chosen with
+    probability proportional to its records. With ``mix`` they are drawn
+    without replacement from all records of that site, i.e. from the whole
+    pool; otherwise with replacement from one record (one pool batch).
+
+    Args:
+        records (list): ``(input, targets, site, focus)`` records.
+        batch_size (int): Samples per step.
+        mix (bool): Draw across the pool batches of a site.
+    """
+
+    def __init__(self, records, batch_size: int, mix: bool = True) -> None:
+        if not records:
+            raise ValueError('no records to draw from')
+        self.records = records
+        self.batch_size = int(batch_size)
+        self.mix = mix
+        self.groups: Dict[tuple, List[int]] = {}
+        for i, (x, _, site, _) in enumerate(records):
+            self.groups.setdefault((site, tuple(x.shape[1:])), []).append(i)
+
+    def _rows(self, indices: List[int]):
+        """(record index, row) of ``batch_size`` distinct samples."""
+        sizes = torch.tensor([len(self.records[i][0]) for i in indices])
+        n = min(self.batch_size, int(sizes.sum()))
+        flat = torch.randperm(int(sizes.sum()))[:n]
+        ends = sizes.cumsum(0)
+        which = torch.searchsorted(ends, flat, right=True)
+        rows = flat - (ends - sizes)[which]
+        return which.tolist(), rows
+
+    def __call__(self):
+        """One step's ``(input, targets, site, focus)``."""
+        record = self.records[int(torch.randint(len(self.records), ()))]
+        x, target, site, focus = record
+        if not self.mix:
+            idx = torch.randint(len(x), (min(self.batch_size, len(x)), ),
+                                device=x.device)
+            return (x[idx], [t[idx] for t in target], site,
+                    None if focus is None else focus[idx])
+        indices = self.groups[(site, tuple(x.shape[1:]))]
+        which, rows = self._rows(indices)
+        picked: Dict[int, List[int]] = {}
+        for w, r in zip(which, rows.tolist()):
+            picked.setdefault(indices[w], []).append(r)
+        parts = [(self.records[i], torch.tensor(r, device=x.device))
+                 for i, r in picked.items()]
+        cat = lambda ts: ts[0] if len(ts) == 1 else torch.cat(ts)
+        xs = cat([rec[0][r] for rec, r in parts])
+        targets = [cat([rec[1][k][r] for rec, r in parts])
+                   for k in range(len(target))]
+        maps = None if any(rec[3] is None for rec, _ in parts) else cat(
+            [rec[3][r] for rec, r in parts])
+        return xs, targets, site, maps
+
+
 @MODELS.register_module()
 class BlockReconstruction:
     """Reconstruct each block's output from the FP model's, block by block.
@@ -315,7 +389,17 @@ class BlockReconstruction:
         warmup (float): Share of steps before the regulariser starts.
         beta (tuple[float, float]): Start and end of its exponent.
         learn_act_steps (bool): Learn activation step sizes (LSQ).
-        act_lr (float): Adam learning rate of the activation steps.
+        act_lr (float): Adam learning rate of the activation steps
+            (cosine-annealed to 0 over ``iters``).
+        round_lr_decay (bool): Anneal the rounding variables' learning rate
+            too. Defaults to False: AdaRound keeps it constant, and with
+            few ``iters`` a decayed rate leaves the variables short of the
+            0/1 they must reach (Adam moves each by at most about the
+            learning rate per step).
+        mix_batches (bool): Draw each step's ``batch_size`` samples without
+            replacement from every record of one call site (all pool
+            batches). Defaults to True; False draws them with replacement
+            from one pool batch.
         drop_prob (float): QDrop: share of activation elements left
             unquantized during reconstruction (0 turns it off).
         balance_sites (bool): Weight each call site of a layer run several
@@ -352,6 +436,8 @@ class BlockReconstruction:
                  learn_act_steps: bool = True,
                  act_lr: float = 4e-5,
                  drop_prob: float = 0.5,
+                 round_lr_decay: bool = False,
+                 mix_batches: bool = True,
                  balance_sites: bool = False,
                  position_mean: bool = False,
                  holdout: float = 0.,
@@ -372,6 +458,8 @@ class BlockReconstruction:
         self.learn_act_steps = learn_act_steps
         self.act_lr = act_lr
         self.drop_prob = drop_prob
+        self.round_lr_decay = bool(round_lr_decay)
+        self.mix_batches = bool(mix_batches)
         self.balance_sites = bool(balance_sites)
         self.position_mean = bool(position_mean)
         if not 0. <= holdout < 1.:
@@ -421,6 +509,7 @@ class BlockReconstruction:
                     f'output error {result["error_before"]:.4g} -> '
                     f'{result["error_after"]:.4g} '
                     f'{"" if result["kept"] else "(reverted) "}'
+                    f'undecided rounding {100 * result["undecided"]:.1f} % '
                     f'({result["seconds"]:.1f} s, '
                     f'{time.perf_counter() - start:.0f} s total)',
                     logger='current')
@@ -470,9 +559,9 @@ class BlockReconstruction:
         groups = []
         if rounders:
             groups.append(dict(params=[a.alpha for _, a in rounders],
-                               lr=self.round_lr))
+                               lr=self.round_lr, decay=self.round_lr_decay))
         if steps:
-            groups.append(dict(params=steps, lr=self.act_lr))
+            groups.append(dict(params=steps, lr=self.act_lr, decay=True))
         ranges = [(q.observer.min_val.clone(), q.observer.max_val.clone())
                   for q in learned_here]
         try:
@@ -483,6 +572,7 @@ class BlockReconstruction:
         finally:
             for q in acts:
                 q.drop_prob = 0.
+            undecided = _undecided_share([ada for _, ada in rounders])
             for (m, ada) in rounders:
                 ada.hard = True
             for q in learned_here:
@@ -502,7 +592,7 @@ class BlockReconstruction:
                     q._host.pop('qparams', None)
             error_after = error_before
         return dict(name=name, error_before=error_before,
-                    error_after=error_after, kept=kept,
+                    error_after=error_after, kept=kept, undecided=undecided,
                     seconds=time.perf_counter() - tic)
 
     def _split(self, records):
@@ -519,19 +609,18 @@ class BlockReconstruction:
                   weights: Optional[Dict[int, float]] = None) -> None:
         params = [p for g in groups for p in g['params']]
         optimizer = torch.optim.Adam(groups)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=self.iters, eta_min=0.)
+        # cosine annealing of the groups marked ``decay``, the rest constant
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, [
+            (lambda it: 0.5 * (1 + math.cos(math.pi * it / self.iters)))
+            if g['decay'] else (lambda it: 1.) for g in groups
+        ])
         decay = TemperatureDecay(self.iters, self.warmup, *self.beta)
         multi = _call_sites_in(unit)
+        draw = RecordSampler(records, self.batch_size, self.mix_batches)
         for it in range(self.iters):
-            x, target, site, focus = records[int(
-                torch.randint(len(records), ()))]
-            idx = torch.randint(len(x), (min(self.batch_size, len(x)), ),
-                                device=x.device)
-            out = _run_unit(unit, x[idx], site, multi)
-            loss = _rec_loss(out, [t[idx] for t in target],
-                             self.position_mean,
-                             None if focus is None else focus[idx])
+            x, target, site, focus = draw()
+            out = _run_unit(unit, x, site, multi)
+            loss = _rec_loss(out, target, self.position_mean, focus)
             if weights is not None:
                 loss = loss * weights[site]
             beta = decay(it)
