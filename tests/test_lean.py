@@ -129,3 +129,37 @@ def test_tapered_generator_is_smaller_at_high_resolution():
         return total
 
     assert macs(lean) < 0.4 * macs(full)
+
+
+def test_cpu_and_torch_kernels_give_the_same_model_outputs():
+    # the whole fake-quantized model, both kernels: identical outputs
+    import os.path as osp
+    import sys
+    sys.path.insert(0, osp.join(osp.dirname(osp.dirname(__file__)), 'tools'))
+    import fakequant_kernels
+    from mmengine.config import Config
+
+    from mmddaq.apis.cost import _build_ddaq, _calibrated
+    from mmddaq.quantization import fake_quant
+    cfg = Config.fromfile('configs/ddaq_resnet18-w16_digits_w4a4.py')
+    cfg.model.fp_checkpoint = None
+    cfg.train_cfg.batch_size = 4
+    model, optim, plan = _build_ddaq(cfg)
+    _calibrated(model, optim, plan)
+    model.eval()
+    x = torch.randn(4, *model.input_shape)
+    outs = {}
+    try:
+        for name, kernel in fakequant_kernels.KERNELS.items():
+            fake_quant.FIXED_GRID_KERNELS['cpu'] = kernel
+            with torch.no_grad():
+                outs[name] = model.adapter.forward(model.quantized, x)
+    finally:
+        fake_quant.FIXED_GRID_KERNELS['cpu'] = fake_quant.fake_quantize_cpu
+    assert torch.equal(outs['torch'], outs['mmddaq'])
+    # the timing tool leaves the CPU kernel in place
+    times = fakequant_kernels.time_config(
+        'configs/ddaq_resnet18-w16_digits_w4a4.py', repeats=1)
+    assert fake_quant.FIXED_GRID_KERNELS['cpu'] is fake_quant.fake_quantize_cpu
+    assert {'fp_forward', 'fakequant_forward_torch',
+            'generator_iter_mmddaq'} <= set(times)

@@ -124,12 +124,9 @@ class _FakeQuantizeCPU(torch.autograd.Function):
         return grad * inside, None, None, None, None
 
 
-def _fake_quantize_native(x, scale, zero_point, qmin, qmax):
-    """PyTorch's fused kernels (same rounding and gradient mask); on CPU
-    the same arithmetic from vectorised ops (:class:`_FakeQuantizeCPU`)."""
-    if x.device.type == 'cpu':
-        return _FakeQuantizeCPU.apply(x, scale.float(),
-                                      zero_point.round().float(), qmin, qmax)
+def fake_quantize_torch(x, scale, zero_point, qmin, qmax):
+    """PyTorch's fused ``fake_quantize_per_{tensor,channel}_affine``
+    kernels, for a fixed grid (``scale`` broadcastable against ``x``)."""
     if scale.numel() == 1:
         return torch.fake_quantize_per_tensor_affine(
             x, scale.reshape(()).float(),
@@ -138,6 +135,16 @@ def _fake_quantize_native(x, scale, zero_point, qmin, qmax):
     return torch.fake_quantize_per_channel_affine(
         x, scale.flatten().float(), zero_point.flatten().round().int(), axis,
         qmin, qmax)
+
+
+def fake_quantize_cpu(x, scale, zero_point, qmin, qmax):
+    """The same on CPU from vectorised ops (:class:`_FakeQuantizeCPU`)."""
+    return _FakeQuantizeCPU.apply(x, scale.float(),
+                                  zero_point.round().float(), qmin, qmax)
+
+
+#: device type -> fixed-grid fake quantization of float32 tensors
+FIXED_GRID_KERNELS = {'cpu': fake_quantize_cpu}
 
 
 def fake_quantize(x: torch.Tensor, scale: torch.Tensor,
@@ -162,7 +169,8 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor,
     qmin, qmax = quant_range(bits, symmetric)
     zero_point = zero_point.detach()
     if not scale.requires_grad and x.dtype == torch.float32:
-        return _fake_quantize_native(x, scale, zero_point, qmin, qmax)
+        kernel = FIXED_GRID_KERNELS.get(x.device.type, fake_quantize_torch)
+        return kernel(x, scale, zero_point, qmin, qmax)
     v = x / scale + zero_point
     # Gradient 1 where x rounds into [qmin, qmax], 0 where it is clipped
     # (the rule of torch.fake_quantize_*; torch.clamp would give 0 exactly

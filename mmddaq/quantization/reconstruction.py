@@ -490,8 +490,9 @@ class BlockReconstruction:
 
         Returns:
             list[dict]: Per unit: ``name``, ``error_before`` and
-            ``error_after`` (squared output error on the pool) and
-            ``seconds``.
+            ``error_after`` (squared output error on the pool), ``kept``,
+            ``undecided`` (share of learned rounding offsets still between
+            0.1 and 0.9 when they were made hard) and ``seconds``.
         """
         units = execution_order(
             q_model, lambda: forward(q_model, batches[0]),
