@@ -324,19 +324,11 @@ class RecordSampler:
         self.records = records
         self.batch_size = int(batch_size)
         self.mix = mix
-        self.groups: Dict[tuple, List[int]] = {}
+        # per (site, input shape): every (record, row) sample it holds
+        self.groups: Dict[tuple, List[Tuple[int, int]]] = {}
         for i, (x, _, site, _) in enumerate(records):
-            self.groups.setdefault((site, tuple(x.shape[1:])), []).append(i)
-
-    def _rows(self, indices: List[int]):
-        """(record index, row) of ``batch_size`` distinct samples."""
-        sizes = torch.tensor([len(self.records[i][0]) for i in indices])
-        n = min(self.batch_size, int(sizes.sum()))
-        flat = torch.randperm(int(sizes.sum()))[:n]
-        ends = sizes.cumsum(0)
-        which = torch.searchsorted(ends, flat, right=True)
-        rows = flat - (ends - sizes)[which]
-        return which.tolist(), rows
+            self.groups.setdefault((site, tuple(x.shape[1:])), []).extend(
+                (i, row) for row in range(len(x)))
 
     def __call__(self):
         """One step's ``(input, targets, site, focus)``."""
@@ -347,13 +339,13 @@ class RecordSampler:
                                 device=x.device)
             return (x[idx], [t[idx] for t in target], site,
                     None if focus is None else focus[idx])
-        indices = self.groups[(site, tuple(x.shape[1:]))]
-        which, rows = self._rows(indices)
+        samples = self.groups[(site, tuple(x.shape[1:]))]
         picked: Dict[int, List[int]] = {}
-        for w, r in zip(which, rows.tolist()):
-            picked.setdefault(indices[w], []).append(r)
-        parts = [(self.records[i], torch.tensor(r, device=x.device))
-                 for i, r in picked.items()]
+        for k in torch.randperm(len(samples))[:self.batch_size].tolist():
+            i, row = samples[k]
+            picked.setdefault(i, []).append(row)
+        parts = [(self.records[i], torch.tensor(rows, device=x.device))
+                 for i, rows in picked.items()]
         cat = lambda ts: ts[0] if len(ts) == 1 else torch.cat(ts)
         xs = cat([rec[0][r] for rec, r in parts])
         targets = [cat([rec[1][k][r] for rec, r in parts])
