@@ -93,8 +93,9 @@ def test_derived_pool_replaces_the_configs_own_sample_source():
 
 def test_derived_methods_share_the_configs_range_source():
     # the frozen-BN config calibrates ranges on Gaussian samples and
-    # reconstructs on the generator's: methods that reconstruct keep the
-    # range source and the focus; ptq-mse's own pool is the Gaussian set
+    # reconstructs on the generator's: data-free methods that reconstruct
+    # keep the range source and the focus; ptq-mse's own pool is the
+    # Gaussian set
     cfg = load_config(osp.join(ROOT, 'configs',
                                'ddaq_retinanet_r18-w16_frozenbn_w4a4.py'))
 
@@ -109,6 +110,12 @@ def test_derived_methods_share_the_configs_range_source():
         assert post(method)['reconstruction']['focus'] > 0
     assert 'calibration_samples' not in post('ptq-mse')
     assert post('ptq-mse')['reconstruction'] is None
+    # the real-data upper bound fits its ranges to its real pool, not to
+    # the data-free method's Gaussian noise
+    real = post('qdrop-real')
+    assert real['samples']['type'] == 'mmddaq.RealSamples'
+    assert real.get('calibration_samples') is None and real['calibrate']
+    assert real['reconstruction']['focus'] > 0
 
 
 def test_derive_errors_are_clear():
