@@ -287,3 +287,81 @@ def test_plot_samples_tool(tmp_path):
     with pytest.raises(SystemExit, match='no images'):
         tool.main(['--real', str(tmp_path / 'empty'), '--generated',
                    str(grid), '--out', str(out)])
+
+
+def _ab_module():
+    spec = importlib.util.spec_from_file_location(
+        'mmddaq_post_training_ab_tool',
+        osp.join(ROOT, 'tools', 'post_training_ab.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_post_training_variants_update_or_replace():
+    ab = _ab_module()
+    hook = dict(type='mmddaq.PostTrainingHook', num_samples=256,
+                samples=dict(type='mmddaq.AlgorithmSamples'),
+                reconstruction=dict(type='mmddaq.BlockReconstruction',
+                                    iters=300, focus=0.05))
+    out = ab.apply_variant(hook, {
+        'num_samples': 1024,
+        'reconstruction': {'iters': 600},
+        'samples': {'type': 'mmddaq.GaussianSamples'},
+    })
+    assert out['num_samples'] == 1024
+    assert out['reconstruction'] == dict(type='mmddaq.BlockReconstruction',
+                                         iters=600, focus=0.05)
+    assert out['samples'] == dict(type='mmddaq.GaussianSamples')
+    assert hook['reconstruction']['iters'] == 300  # not changed in place
+    assert ab.apply_variant(hook, {'reconstruction': None})[
+        'reconstruction'] is None
+
+
+def test_post_training_ab_restores_the_trained_model(tiny_fp_checkpoint,
+                                                     tmp_path, monkeypatch):
+    ab = _ab_module()
+    bench = ab.bench
+    suite = dict(bench.SUITES['digits'], fp_checkpoint=tiny_fp_checkpoint)
+    monkeypatch.setitem(bench.SUITES, 'digits', suite)
+    tiny = tiny_ddaq_options(tiny_fp_checkpoint)
+    real_config = bench.method_config
+
+    def tiny_config(s, m, o):
+        cfg = real_config(s, m, {**o, **tiny})
+        cfg.custom_hooks = cfg.custom_hooks + [
+            dict(type='mmddaq.PostTrainingHook', num_samples=8,
+                 batch_size=4,
+                 reconstruction=dict(type='mmddaq.BlockReconstruction',
+                                     iters=2, batch_size=4))
+        ]
+        return cfg
+
+    monkeypatch.setattr(bench, 'method_config', tiny_config)
+
+    def fingerprint(runner):
+        # the quantized model's state as the "metric": equal only if each
+        # variant starts from the model as training left it
+        state = ab.algorithm_of(runner).quantized.state_dict()
+        return {'accuracy/top1': float(sum(
+            v.double().sum() for v in state.values()
+            if v.is_floating_point()))}
+
+    monkeypatch.setattr(ab, 'run_test', fingerprint)
+    out = str(tmp_path / 'ab.json')
+    argv = ['--suite', 'digits', '--split', 'test', '--out', out,
+            '--work-root', str(tmp_path / 'runs'),
+            '--variant', 'base', '{}', '--variant', 'again', '{}',
+            '--variant', 'calib', "{'reconstruction': None}"]
+    ab.main(argv)
+    rows = json.load(open(out))
+    value = {r['method']: r['value'] for r in rows}
+    assert sorted(value) == ['ddaq', 'ddaq-again', 'ddaq-calib']
+    # the same recipe on the same trained model and seed: the same model
+    assert value['ddaq'] == value['ddaq-again'] != value['ddaq-calib']
+    assert all(r['seconds'] > 0 for r in rows)
+    ab.main(argv)  # finished rows are skipped
+    assert len(json.load(open(out))) == len(rows)
+    with pytest.raises(SystemExit):
+        ab.parse_args(['--suite', 'digits', '--out', out,
+                       '--variant', 'x', '[1, 2]'])
