@@ -249,3 +249,38 @@ def test_post_training_calibrates_on_its_own_sample_source(tmp_path,
     with pytest.raises(ValueError, match='calibrate=True'):
         pth.PostTrainingHook(calibrate=False,
                              calibration_samples=dict(type='_SevensForTest'))
+
+
+def test_augmented_samples_flip_and_zoom():
+    from mmddaq.registry import SAMPLE_SOURCES
+
+    def build(**kw):
+        return SAMPLE_SOURCES.build(dict(
+            type='mmddaq.AugmentedSamples',
+            source=dict(type='mmddaq.GaussianSamples'), **kw))
+
+    def draw(source, seed=0):
+        torch.manual_seed(seed)
+        return torch.cat(source(_Algorithm(), 4, 2))
+
+    torch.manual_seed(0)
+    plain = torch.cat(SAMPLE_SOURCES.build(
+        dict(type='mmddaq.GaussianSamples'))(_Algorithm(), 4, 2))
+    flipped = draw(build(flip=1., scale=(1., 1.)))
+    assert torch.equal(flipped, plain.flip(-1))
+    assert torch.equal(draw(build(flip=0., scale=(1., 1.))), plain)
+    # zoomed out by 2: a 4x4 picture somewhere on a zero 8x8 canvas
+    aug = build(flip=0., scale=(0.5, 0.5))
+    x = torch.rand(3, 8, 8) + 1.
+    out = aug.augment(x)
+    assert out.shape == x.shape
+    assert int((out[0] != 0).sum()) == 16
+    rows, cols = (out[0] != 0).nonzero().unbind(1)
+    assert rows.max() - rows.min() == 3 and cols.max() - cols.min() == 3
+    # zoomed in by 2: a crop of the upscaled picture fills the canvas
+    out = build(flip=0., scale=(2., 2.)).augment(x)
+    assert bool((out != 0).all())
+    assert out.min() >= x.min() - 1e-5 and out.max() <= x.max() + 1e-5
+    for bad in (dict(flip=1.5), dict(scale=(0., 1.)), dict(scale=(2., 1.))):
+        with pytest.raises(ValueError):
+            build(**bad)

@@ -1,9 +1,8 @@
 from .generator import Generator
-from .sources import (AlgorithmSamples, GaussianSamples, HardestSamples,
-                      MixedSamples, RealSamples)
+from .sources import (AlgorithmSamples, AugmentedSamples, GaussianSamples,
+                      HardestSamples, MixedSamples, RealSamples)
 
 __all__ = [
-    'Generator', 'AlgorithmSamples', 'GaussianSamples', 'HardestSamples',
-    'MixedSamples',
-    'RealSamples'
+    'Generator', 'AlgorithmSamples', 'AugmentedSamples', 'GaussianSamples',
+    'HardestSamples', 'MixedSamples', 'RealSamples'
 ]

@@ -1,8 +1,10 @@
 """Sample sources: where a pool of calibration/reconstruction inputs comes
 from. Each returns batches in the model's normalised input space."""
-from typing import List, Optional
+import math
+from typing import List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from mmengine.runner import Runner
 
 from mmddaq.registry import SAMPLE_SOURCES
@@ -153,3 +155,66 @@ class HardestSamples:
         ])
         keep = scores.topk(num_samples).indices.sort().values
         return list(pool[keep].split(batch_size))
+
+
+@SAMPLE_SOURCES.register_module()
+class AugmentedSamples:
+    """Another source's samples, each flipped and rescaled at random.
+
+    A generator draws its objects at the positions and sizes it settled
+    on; a random horizontal flip and a random zoom (in: a crop of the
+    sample scaled up; out: the sample scaled down and placed at a random
+    position on a canvas of zeros, the normalised input's mean) show the
+    refined layers the same content at other positions and scales.
+
+    Args:
+        source (dict): The sample source to draw from.
+        flip (float): Probability of a horizontal flip. Defaults to 0.5.
+        scale (tuple[float, float]): Range of the zoom factor, drawn
+            log-uniformly per sample; 1 keeps the size. Defaults to
+            ``(0.5, 1.5)``.
+    """
+
+    def __init__(self, source: dict = dict(type='mmddaq.AlgorithmSamples'),
+                 flip: float = 0.5,
+                 scale: Tuple[float, float] = (0.5, 1.5)) -> None:
+        if not 0. <= float(flip) <= 1.:
+            raise ValueError(f'flip must be a probability, got {flip}')
+        lo, hi = (float(s) for s in scale)
+        if not 0. < lo <= hi:
+            raise ValueError(f'scale must be (low, high) with 0 < low <= '
+                             f'high, got {scale}')
+        self.source = SAMPLE_SOURCES.build(source)
+        self.flip = float(flip)
+        self.scale = (lo, hi)
+
+    @torch.no_grad()
+    def __call__(self, algorithm, num_samples: int,
+                 batch_size: int) -> List[torch.Tensor]:
+        return [
+            torch.stack([self.augment(x) for x in batch])
+            for batch in self.source(algorithm, num_samples, batch_size)
+        ]
+
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        """One ``(C, H, W)`` sample flipped and zoomed at random."""
+        if float(torch.rand(())) < self.flip:
+            x = x.flip(-1)
+        lo, hi = math.log(self.scale[0]), math.log(self.scale[1])
+        s = math.exp(lo + (hi - lo) * float(torch.rand(())))
+        h, w = x.shape[-2:]
+        sh, sw = max(1, round(h * s)), max(1, round(w * s))
+        if (sh, sw) == (h, w):
+            return x
+        y = F.interpolate(x[None], size=(sh, sw), mode='bilinear',
+                          align_corners=False)[0]
+        out = x.new_zeros(x.shape)
+        # where the scaled sample and the canvas overlap, at a random offset
+        dy = int(torch.randint(abs(sh - h) + 1, ()))
+        dx = int(torch.randint(abs(sw - w) + 1, ()))
+        ys, yo = (slice(dy, dy + h), slice(0, h)) if sh >= h else \
+            (slice(0, sh), slice(dy, dy + sh))
+        xs, xo = (slice(dx, dx + w), slice(0, w)) if sw >= w else \
+            (slice(0, sw), slice(dx, dx + sw))
+        out[:, yo, xo] = y[:, ys, xs]
+        return out
