@@ -599,7 +599,8 @@ def test_record_sampler_draws_distinct_samples_across_pool_batches():
     draw = RecordSampler(records, batch_size=6)
     seen_batches = set()
     for _ in range(40):
-        x, (target, ), site, focus = draw()
+        x, (target, ), site, focus, fp_x = draw()
+        assert fp_x is None  # these records hold no FP inputs
         if site == 1:  # another call site: its own shape, never mixed
             assert x.shape == (4, 2, 5, 5) and focus is None
             continue
@@ -632,3 +633,39 @@ def test_constant_rounding_lr_decides_more_rounding_in_few_steps():
         assert all(0. <= r['undecided'] <= 1. for r in results)
     # an annealed rate stops the rounding variables short of 0 / 1
     assert undecided[False] < undecided[True]
+
+
+def test_qdrop_input_mixing_fits_on_fp_inputs(monkeypatch):
+    from mmddaq.quantization import reconstruction as rec
+    fp = _trained_tiny_resnet()
+    gen = torch.Generator().manual_seed(3)
+    batches = [torch.randn(8, 3, 12, 12, generator=gen) for _ in range(2)]
+    q = _quantize(copy.deepcopy(fp), 4, batches)
+    forward = lambda m, b: m(b)  # noqa: E731
+    name = 'block2'  # after quantized units: its two inputs differ
+    records = rec._capture(fp, q, fp.get_submodule(name),
+                           q.get_submodule(name), forward, batches,
+                           fp_inputs=True)
+    fp_rows = torch.cat([r[4] for r in records])
+    assert not torch.equal(torch.cat([r[0] for r in records]), fp_rows)
+    with torch.no_grad():  # the FP input is what the FP model feeds it
+        assert torch.equal(fp_rows[:8], fp.block1(fp.stem(batches[0])))
+    # without fp_input_prob nothing more is kept
+    assert rec._capture(fp, q, fp.get_submodule(name), q.get_submodule(name),
+                        forward, batches)[0][4] is None
+    seen = []
+    real_run = rec._run_unit
+
+    def spy(unit, x, site, multi):
+        seen.append(x)
+        return real_run(unit, x, site, multi)
+
+    monkeypatch.setattr(rec, '_run_unit', spy)
+    BlockReconstruction(iters=3, batch_size=4, fp_input_prob=1.) \
+        .reconstruct_unit(fp, q, name, forward, batches)
+    steps = seen[len(records):len(records) + 3]  # between the two judgings
+    for x in steps:  # every row of every step is an FP input row
+        match = (x[:, None] == fp_rows[None]).flatten(2).all(2)
+        assert bool(match.any(1).all())
+    with pytest.raises(ValueError, match='fp_input_prob'):
+        BlockReconstruction(fp_input_prob=1.5)

@@ -148,12 +148,11 @@ def _stopping_forward(forward: Forward) -> Forward:
 
 
 def _capture(fp_model, q_model, fp_unit, q_unit, forward: Forward,
-             batches, maps: Optional[Sequence[torch.Tensor]] = None
-             ) -> List[Tuple[torch.Tensor, List[torch.Tensor], int,
-                             Optional[torch.Tensor]]]:
+             batches, maps: Optional[Sequence[torch.Tensor]] = None,
+             fp_inputs: bool = False) -> List[tuple]:
     """(quantized-model input, FP output, call index within the forward,
-    the batch's position-weight map from ``maps`` or None) of every call of
-    a unit.
+    the batch's position-weight map from ``maps`` or None, the FP model's
+    input if ``fp_inputs`` else None) of every call of a unit.
 
     Records are copies: an in-place operation after the unit (mmcv's
     ``ConvModule`` activations are in place) cannot rewrite them. After
@@ -161,7 +160,7 @@ def _capture(fp_model, q_model, fp_unit, q_unit, forward: Forward,
     later forward stops at the unit's last call (not for a ``forward``
     that takes ``reference``: its quantized pass needs the FP outputs).
     """
-    q_inputs, fp_outputs, sites, batch_of = [], [], [], []
+    q_inputs, fp_outputs, sites, batch_of, fp_in = [], [], [], [], []
     calls = [0, 0]  # this forward's quantized-input and FP-output calls
     batch = [-1]
     per_forward = [None]
@@ -184,6 +183,10 @@ def _capture(fp_model, q_model, fp_unit, q_unit, forward: Forward,
         if can_stop and calls[0] == per_forward[0]:
             raise _UnitDone
 
+    def grab_fp_input(module, args):
+        fp_in.append(next(a for a in args
+                          if isinstance(a, torch.Tensor)).detach().clone())
+
     def grab_output(module, args, output):
         fp_outputs.append([t.detach().clone()
                            for t in flatten_tensors(output)])
@@ -198,10 +201,14 @@ def _capture(fp_model, q_model, fp_unit, q_unit, forward: Forward,
         batch[0] += 1
 
     run = _stopping_forward(forward) if can_stop else forward
-    _run_both(fp_model, q_model, run, batches, [
+    handles = [
         q_unit.register_forward_pre_hook(grab_input),
         fp_unit.register_forward_hook(grab_output)
-    ], before_batch=before_batch)
+    ]
+    if fp_inputs:
+        handles.append(fp_unit.register_forward_pre_hook(grab_fp_input))
+    _run_both(fp_model, q_model, run, batches, handles,
+              before_batch=before_batch)
     if len(q_inputs) != len(fp_outputs):
         raise RuntimeError('the FP and the quantized model called a unit a '
                            f'different number of times ({len(fp_outputs)} '
@@ -212,7 +219,9 @@ def _capture(fp_model, q_model, fp_unit, q_unit, forward: Forward,
         maps[b] if maps is not None and len(x) == len(maps[b]) else None
         for x, b in zip(q_inputs, batch_of)
     ]
-    return list(zip(q_inputs, fp_outputs, sites, weight_maps))
+    if not fp_inputs:
+        fp_in = [None] * len(q_inputs)
+    return list(zip(q_inputs, fp_outputs, sites, weight_maps, fp_in))
 
 
 def site_weights(records) -> Dict[int, float]:
@@ -250,7 +259,7 @@ def _output_error(unit: nn.Module, records,
     total, count = 0., 0
     multi = _call_sites_in(unit)
     with torch.no_grad():
-        for x, target, site, focus in records:
+        for x, target, site, focus, *_ in records:
             out = _run_unit(unit, x, site, multi)
             w = 1. if weights is None else weights[site]
             total += w * float(
@@ -313,7 +322,8 @@ class RecordSampler:
     pool; otherwise with replacement from one record (one pool batch).
 
     Args:
-        records (list): ``(input, targets, site, focus)`` records.
+        records (list): ``(input, targets, site, focus[, fp_input])``
+            records.
         batch_size (int): Samples per step.
         mix (bool): Draw across the pool batches of a site.
     """
@@ -326,19 +336,22 @@ class RecordSampler:
         self.mix = mix
         # per (site, input shape): every (record, row) sample it holds
         self.groups: Dict[tuple, List[Tuple[int, int]]] = {}
-        for i, (x, _, site, _) in enumerate(records):
+        for i, (x, _, site, *_) in enumerate(records):
             self.groups.setdefault((site, tuple(x.shape[1:])), []).extend(
                 (i, row) for row in range(len(x)))
 
     def __call__(self):
-        """One step's ``(input, targets, site, focus)``."""
+        """One step's ``(input, targets, site, focus, fp_input)`` (the
+        last two None where the records have none)."""
         record = self.records[int(torch.randint(len(self.records), ()))]
-        x, target, site, focus = record
+        x, target, site, focus = record[:4]
         if not self.mix:
             idx = torch.randint(len(x), (min(self.batch_size, len(x)), ),
                                 device=x.device)
+            fp_x = _fp_input(record)
             return (x[idx], [t[idx] for t in target], site,
-                    None if focus is None else focus[idx])
+                    None if focus is None else focus[idx],
+                    None if fp_x is None else fp_x[idx])
         samples = self.groups[(site, tuple(x.shape[1:]))]
         picked: Dict[int, List[int]] = {}
         for k in torch.randperm(len(samples))[:self.batch_size].tolist():
@@ -352,7 +365,13 @@ class RecordSampler:
                    for k in range(len(target))]
         maps = None if any(rec[3] is None for rec, _ in parts) else cat(
             [rec[3][r] for rec, r in parts])
-        return xs, targets, site, maps
+        fp_xs = None if any(_fp_input(rec) is None for rec, _ in parts) \
+            else cat([_fp_input(rec)[r] for rec, r in parts])
+        return xs, targets, site, maps, fp_xs
+
+
+def _fp_input(record) -> Optional[torch.Tensor]:
+    return record[4] if len(record) > 4 else None
 
 
 @MODELS.register_module()
@@ -394,6 +413,11 @@ class BlockReconstruction:
             from one pool batch.
         drop_prob (float): QDrop: share of activation elements left
             unquantized during reconstruction (0 turns it off).
+        fp_input_prob (float): QDrop's input mixing: share of a unit's
+            input elements taken from the FP model's input to it instead
+            of the quantized model's, drawn anew each step (the FP inputs
+            are captured too, which doubles the inputs kept per unit).
+            Defaults to 0 (the quantized model's input only).
         balance_sites (bool): Weight each call site of a layer run several
             times per forward (a shared detection head conv, once per FPN
             level) by its output scale (:func:`site_weights`), so every
@@ -428,6 +452,7 @@ class BlockReconstruction:
                  learn_act_steps: bool = True,
                  act_lr: float = 4e-5,
                  drop_prob: float = 0.5,
+                 fp_input_prob: float = 0.,
                  round_lr_decay: bool = False,
                  mix_batches: bool = True,
                  balance_sites: bool = False,
@@ -450,6 +475,10 @@ class BlockReconstruction:
         self.learn_act_steps = learn_act_steps
         self.act_lr = act_lr
         self.drop_prob = drop_prob
+        if not 0. <= fp_input_prob <= 1.:
+            raise ValueError('fp_input_prob must be in [0, 1], got '
+                             f'{fp_input_prob}')
+        self.fp_input_prob = float(fp_input_prob)
         self.round_lr_decay = bool(round_lr_decay)
         self.mix_batches = bool(mix_batches)
         self.balance_sites = bool(balance_sites)
@@ -527,7 +556,7 @@ class BlockReconstruction:
         fp_unit = fp_model.get_submodule(name)
         q_unit = q_model.get_submodule(name)
         records = _capture(fp_model, q_model, fp_unit, q_unit, forward,
-                           batches, maps)
+                           batches, maps, fp_inputs=self.fp_input_prob > 0)
         weights = site_weights(records) if self.balance_sites else None
         fit, judge = self._split(records)
         error_before = _output_error(q_unit, judge, weights,
@@ -611,7 +640,10 @@ class BlockReconstruction:
         multi = _call_sites_in(unit)
         draw = RecordSampler(records, self.batch_size, self.mix_batches)
         for it in range(self.iters):
-            x, target, site, focus = draw()
+            x, target, site, focus, fp_x = draw()
+            if fp_x is not None:
+                x = torch.where(
+                    torch.rand_like(x) < self.fp_input_prob, fp_x, x)
             out = _run_unit(unit, x, site, multi)
             loss = _rec_loss(out, target, self.position_mean, focus)
             if weights is not None:
