@@ -669,3 +669,56 @@ def test_qdrop_input_mixing_fits_on_fp_inputs(monkeypatch):
         assert bool(match.any(1).all())
     with pytest.raises(ValueError, match='fp_input_prob'):
         BlockReconstruction(fp_input_prob=1.5)
+
+
+def _corner_error_by_sensitivity(sensitivity):
+    fp = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1)).eval()
+    torch.manual_seed(10)
+    nn.init.normal_(fp[0].weight)
+    gen = torch.Generator().manual_seed(11)
+    batches = [torch.randn(8, 3, 8, 8, generator=gen) for _ in range(4)]
+    q = _w3a8(fp, batches, first_last_bits=None)
+
+    def output_loss(ref, out):  # only the top-left 2x2 corner counts
+        return (out - ref)[:, :, :2, :2].pow(2).sum()
+
+    torch.manual_seed(12)
+    BlockReconstruction(iters=300, batch_size=8, drop_prob=0.,
+                        learn_act_steps=False, sensitivity=sensitivity)(
+                            fp, q, lambda m, b: m(b), batches,
+                            output_loss=output_loss)
+    with torch.no_grad(), observation_disabled(q):
+        return sum(float((q(x) - fp(x))[:, :, :2, :2].pow(2).mean())
+                   for x in batches)
+
+
+def test_sensitivity_maps_follow_the_output_loss():
+    from mmddaq.quantization.reconstruction import sensitivity_maps
+    fp = _SharedConv().eval()
+    gen = torch.Generator().manual_seed(13)
+    batches = [torch.randn(4, 8, 6, 6, generator=gen) for _ in range(2)]
+    q = _quantize(copy.deepcopy(fp), 4, batches)
+    half = 8 * 6 * 6
+
+    def fine_level_only(ref, out):  # the first call's output alone counts
+        return (out - ref)[:, :half].pow(2).sum()
+
+    maps = sensitivity_maps(fp, q, lambda m, b: m(b), batches, ['conv'],
+                            fine_level_only, floor=0.5)['conv']
+    assert sorted(maps) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    for (b, call), m in maps.items():
+        assert m.shape == (4, 1, 6, 6)
+        if call == 1:  # the coarse call does not reach the loss: floor only
+            assert torch.equal(m, torch.full_like(m, 0.5))
+        else:
+            assert torch.allclose(m.mean((2, 3)), torch.full((4, 1), 1.5))
+    assert all(p.grad is None for p in q.parameters())
+
+
+def test_sensitivity_favours_the_positions_the_output_loss_reads():
+    assert _corner_error_by_sensitivity(0.01) < \
+        _corner_error_by_sensitivity(None)
+    with pytest.raises(ValueError, match='output_loss'):
+        BlockReconstruction(iters=1, sensitivity=0.1)(
+            nn.Identity(), nn.Identity(), lambda m, b: m(b),
+            [torch.zeros(1, 1)])

@@ -149,10 +149,16 @@ def _stopping_forward(forward: Forward) -> Forward:
 
 def _capture(fp_model, q_model, fp_unit, q_unit, forward: Forward,
              batches, maps: Optional[Sequence[torch.Tensor]] = None,
-             fp_inputs: bool = False) -> List[tuple]:
+             fp_inputs: bool = False,
+             unit_maps: Optional[Dict[Tuple[int, int], torch.Tensor]] = None
+             ) -> List[tuple]:
     """(quantized-model input, FP output, call index within the forward,
-    the batch's position-weight map from ``maps`` or None, the FP model's
-    input if ``fp_inputs`` else None) of every call of a unit.
+    a position-weight map or None, the FP model's input if ``fp_inputs``
+    else None) of every call of a unit.
+
+    The map is the batch's from ``maps`` (input resolution) times this
+    call's from ``unit_maps`` (keyed by batch and call index, at the unit's
+    output resolution), whichever are given.
 
     Records are copies: an in-place operation after the unit (mmcv's
     ``ConvModule`` activations are in place) cannot rewrite them. After
@@ -219,9 +225,87 @@ def _capture(fp_model, q_model, fp_unit, q_unit, forward: Forward,
         maps[b] if maps is not None and len(x) == len(maps[b]) else None
         for x, b in zip(q_inputs, batch_of)
     ]
+    if unit_maps is not None:
+        weight_maps = [
+            _combine_maps(m, unit_maps.get((b, site)), len(x))
+            for m, x, b, site in zip(weight_maps, q_inputs, batch_of, sites)
+        ]
     if not fp_inputs:
         fp_in = [None] * len(q_inputs)
     return list(zip(q_inputs, fp_outputs, sites, weight_maps, fp_in))
+
+
+def _combine_maps(focus: Optional[torch.Tensor],
+                  unit_map: Optional[torch.Tensor],
+                  rows: int) -> Optional[torch.Tensor]:
+    """``focus`` max-pooled to ``unit_map``'s positions times it (either
+    alone if the other is missing or not of these ``rows``)."""
+    if unit_map is None or len(unit_map) != rows:
+        return focus
+    if focus is None:
+        return unit_map
+    return F.adaptive_max_pool2d(focus, unit_map.shape[-2:]) * unit_map
+
+
+@torch.no_grad()
+def sensitivity_maps(fp_model: nn.Module, q_model: nn.Module,
+                     forward: Forward, batches, units: Sequence[str],
+                     output_loss: Callable, floor: float
+                     ) -> Dict[str, Dict[Tuple[int, int], torch.Tensor]]:
+    """Where each unit's output matters for the model's output error.
+
+    For every batch of the pool, the quantized model runs with autograd
+    and ``output_loss(fp_output, q_output)`` (e.g. the task's distillation
+    loss) is differentiated with respect to every call of every unit's
+    output; the squared gradient, summed over channels and scaled to mean
+    1 per sample, plus ``floor``, is that call's ``(N, 1, H, W)`` map
+    (BRECQ's Fisher weights per position). Only units whose output is one
+    4-D tensor get maps.
+
+    Returns:
+        dict: ``{unit: {(batch, call): map}}``.
+    """
+    takes_reference = 'reference' in inspect.signature(forward).parameters
+    deltas: List[Tuple[str, int, torch.Tensor]] = []
+    calls: Dict[str, int] = {}
+
+    def make_hook(name):
+        def hook(module, args, output):
+            if not (isinstance(output, torch.Tensor) and output.dim() == 4):
+                return None
+            delta = torch.zeros_like(output, requires_grad=True)
+            deltas.append((name, calls.get(name, 0), delta))
+            calls[name] = calls.get(name, 0) + 1
+            return output + delta  # d(loss)/d(delta) = d(loss)/d(output)
+
+        return hook
+
+    maps: Dict[str, Dict[Tuple[int, int], torch.Tensor]] = {
+        n: {} for n in units}
+    handles = [q_model.get_submodule(n).register_forward_hook(make_hook(n))
+               for n in units]
+    try:
+        for b, x in enumerate(batches):
+            deltas.clear()
+            calls.clear()
+            reference = forward(fp_model, x)
+            with torch.enable_grad(), observation_disabled(q_model):
+                out = forward(q_model, x, reference=reference) \
+                    if takes_reference else forward(q_model, x)
+                loss = output_loss(reference, out)
+                if not deltas:
+                    continue
+                grads = torch.autograd.grad(
+                    loss, [d for *_, d in deltas], allow_unused=True)
+            for (name, call, delta), g in zip(deltas, grads):
+                s = torch.zeros_like(delta[:, :1]) if g is None else \
+                    g.pow(2).sum(1, keepdim=True)
+                s = s / s.mean((2, 3), keepdim=True).clamp_min(1e-30)
+                maps[name][(b, call)] = s + floor
+    finally:
+        for h in handles:
+            h.remove()
+    return maps
 
 
 def site_weights(records) -> Dict[int, float]:
@@ -437,6 +521,13 @@ class BlockReconstruction:
             unit's resolution, mean 1 per image), so the few positions with
             objects are not drowned by background. ``None`` (default):
             every position counts the same.
+        sensitivity (float, optional): Weight each output position of a
+            unit by how much the model's output error responds to it (see
+            :func:`sensitivity_maps`: squared gradient of the task's
+            distillation loss between the FP and the quantized model,
+            measured once on the pool before any unit is reconstructed)
+            plus this floor; multiplies ``focus`` if both are set. ``None``
+            (default): off.
         log_interval (int): Log every n units (0: only the summary).
     """
 
@@ -459,6 +550,7 @@ class BlockReconstruction:
                  position_mean: bool = False,
                  holdout: float = 0.,
                  focus: Optional[float] = None,
+                 sensitivity: Optional[float] = None,
                  log_interval: int = 1) -> None:
         if iters < 1 or batch_size < 1:
             raise ValueError('iters and batch_size must be >= 1')
@@ -489,12 +581,17 @@ class BlockReconstruction:
         if focus is not None and focus <= 0:
             raise ValueError(f'focus must be > 0 (or None), got {focus}')
         self.focus = None if focus is None else float(focus)
+        if sensitivity is not None and sensitivity < 0:
+            raise ValueError(
+                f'sensitivity must be >= 0 (or None), got {sensitivity}')
+        self.sensitivity = None if sensitivity is None else float(sensitivity)
         self.log_interval = log_interval
 
     def __call__(self, fp_model: nn.Module, q_model: nn.Module,
                  forward: Forward,
                  batches: Sequence[torch.Tensor],
-                 score_map: Optional[Callable] = None) -> List[dict]:
+                 score_map: Optional[Callable] = None,
+                 output_loss: Optional[Callable] = None) -> List[dict]:
         """Reconstruct every unit of ``q_model`` in place.
 
         Args:
@@ -508,6 +605,9 @@ class BlockReconstruction:
                 gives an ``(N, 1, H, W)`` map of where the FP model sees
                 objects in ``x`` (a detector adapter's ``score_map``); used
                 with ``focus``.
+            output_loss (Callable, optional): ``output_loss(fp_output,
+                q_output)``, the output error ``sensitivity`` is measured
+                with (a task adapter's ``distill_loss``).
 
         Returns:
             list[dict]: Per unit: ``name``, ``error_before`` and
@@ -519,11 +619,20 @@ class BlockReconstruction:
             q_model, lambda: forward(q_model, batches[0]),
             reconstruction_units(q_model, self.block_types))
         maps = self._focus_maps(fp_model, forward, batches, score_map)
+        unit_maps = {}
+        if self.sensitivity is not None:
+            if output_loss is None:
+                raise ValueError('sensitivity needs an output_loss (a task '
+                                 'adapter\'s distill_loss)')
+            unit_maps = sensitivity_maps(fp_model, q_model, forward, batches,
+                                         units, output_loss,
+                                         self.sensitivity)
         results = []
         start = time.perf_counter()
         for i, name in enumerate(units):
             result = self.reconstruct_unit(fp_model, q_model, name, forward,
-                                           batches, maps)
+                                           batches, maps,
+                                           unit_maps.get(name))
             results.append(result)
             if self.log_interval and (i + 1) % self.log_interval == 0:
                 print_log(
@@ -550,13 +659,15 @@ class BlockReconstruction:
                 for x in batches]
 
     def reconstruct_unit(self, fp_model, q_model, name: str,
-                         forward: Forward, batches, maps=None) -> dict:
+                         forward: Forward, batches, maps=None,
+                         unit_maps=None) -> dict:
         """Reconstruct one unit (see :meth:`__call__`)."""
         tic = time.perf_counter()
         fp_unit = fp_model.get_submodule(name)
         q_unit = q_model.get_submodule(name)
         records = _capture(fp_model, q_model, fp_unit, q_unit, forward,
-                           batches, maps, fp_inputs=self.fp_input_prob > 0)
+                           batches, maps, fp_inputs=self.fp_input_prob > 0,
+                           unit_maps=unit_maps)
         weights = site_weights(records) if self.balance_sites else None
         fit, judge = self._split(records)
         error_before = _output_error(q_unit, judge, weights,

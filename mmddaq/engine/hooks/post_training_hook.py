@@ -112,7 +112,8 @@ class PostTrainingHook(Hook):
         if self.reconstruction is not None:
             results = self.reconstruction(
                 fp, q, forward, batches,
-                score_map=getattr(model.adapter, 'score_map', None))
+                score_map=getattr(model.adapter, 'score_map', None),
+                output_loss=getattr(model.adapter, 'distill_loss', None))
             before = sum(r['error_before'] for r in results)
             after = sum(r['error_after'] for r in results)
             logger.info(f'Reconstructed {len(results)} blocks: summed '
