@@ -115,6 +115,7 @@ def test_derived_methods_share_the_configs_range_source():
     real = post('qdrop-real')
     assert real['samples']['type'] == 'mmddaq.RealSamples'
     assert real.get('calibration_samples') is None and real['calibrate']
+    assert real['observers']['act']['type'] == 'mmddaq.MSEObserver'
     assert real['reconstruction']['focus'] > 0
 
 
