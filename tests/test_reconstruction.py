@@ -549,13 +549,25 @@ def test_focus_weights_pool_the_map_and_average_to_one():
     assert focus_weights(None, torch.zeros(2, 3, 4, 4)) is None
 
 
-def _object_corner_error(focus):
+def _one_conv_w3a8():
+    """(FP one-conv model, its pool, its W3A8 copy) for the tests where
+    only the top-left 2x2 corner of the output should count."""
     fp = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1)).eval()
     torch.manual_seed(10)
     nn.init.normal_(fp[0].weight)
     gen = torch.Generator().manual_seed(11)
     batches = [torch.randn(8, 3, 8, 8, generator=gen) for _ in range(4)]
-    q = _w3a8(fp, batches, first_last_bits=None)
+    return fp, batches, _w3a8(fp, batches, first_last_bits=None)
+
+
+def _corner_error(fp, q, batches):
+    with torch.no_grad(), observation_disabled(q):
+        return sum(float((q(x) - fp(x))[:, :, :2, :2].pow(2).mean())
+                   for x in batches)
+
+
+def _object_corner_error(focus):
+    fp, batches, q = _one_conv_w3a8()
 
     def score_map(out, x):  # the "object": the top-left 2x2 corner
         m = torch.zeros(len(x), 1, 8, 8)
@@ -566,9 +578,7 @@ def _object_corner_error(focus):
     BlockReconstruction(iters=300, batch_size=8, drop_prob=0.,
                         learn_act_steps=False, focus=focus)(
                             fp, q, lambda m, b: m(b), batches, score_map)
-    with torch.no_grad(), observation_disabled(q):
-        return sum(float((q(x) - fp(x))[:, :, :2, :2].pow(2).mean())
-                   for x in batches)
+    return _corner_error(fp, q, batches)
 
 
 def test_focus_favours_the_positions_where_the_fp_model_sees_objects():
@@ -672,12 +682,7 @@ def test_qdrop_input_mixing_fits_on_fp_inputs(monkeypatch):
 
 
 def _corner_error_by_sensitivity(sensitivity):
-    fp = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1)).eval()
-    torch.manual_seed(10)
-    nn.init.normal_(fp[0].weight)
-    gen = torch.Generator().manual_seed(11)
-    batches = [torch.randn(8, 3, 8, 8, generator=gen) for _ in range(4)]
-    q = _w3a8(fp, batches, first_last_bits=None)
+    fp, batches, q = _one_conv_w3a8()
 
     def output_loss(ref, out):  # only the top-left 2x2 corner counts
         return (out - ref)[:, :, :2, :2].pow(2).sum()
@@ -687,9 +692,7 @@ def _corner_error_by_sensitivity(sensitivity):
                         learn_act_steps=False, sensitivity=sensitivity)(
                             fp, q, lambda m, b: m(b), batches,
                             output_loss=output_loss)
-    with torch.no_grad(), observation_disabled(q):
-        return sum(float((q(x) - fp(x))[:, :, :2, :2].pow(2).mean())
-                   for x in batches)
+    return _corner_error(fp, q, batches)
 
 
 def test_sensitivity_maps_follow_the_output_loss():
