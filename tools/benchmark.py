@@ -404,6 +404,20 @@ def _split_options(suite, split):
     return dict(suite['tune_options'])
 
 
+def result_rows(name, suite, method, bits, a_bits, seed, metrics, seconds,
+                split='test') -> list:
+    """One JSON row per metric of ``suite`` for a finished run."""
+    rows = []
+    for metric, key in suite['metrics'].items():
+        row = dict(suite=name, model=suite['model'], method=method,
+                   w_bits=bits, a_bits=a_bits, seed=seed, metric=metric,
+                   value=metrics[key], seconds=round(seconds, 2))
+        if split != 'test':
+            row['split'] = split
+        rows.append(row)
+    return rows
+
+
 def run_suite(args):
     if args.suite == 'speed':
         if args.seconds_to_quality:
@@ -421,16 +435,12 @@ def run_suite(args):
 
     def add(method, bits, seed, metrics, seconds, a_bits=None):
         a_bits = bits if a_bits is None else a_bits
-        for metric, key in suite['metrics'].items():
-            value = metrics[key]
-            row = dict(suite=name, model=suite['model'], method=method,
-                       w_bits=bits, a_bits=a_bits, seed=seed, metric=metric,
-                       value=value, seconds=round(seconds, 2))
-            if args.split != 'test':
-                row['split'] = args.split
+        for row in result_rows(name, suite, method, bits, a_bits, seed,
+                               metrics, seconds, args.split):
             rows.append(row)
             print(f'[benchmark] {name} {method} W{bits}A{a_bits} seed {seed}: '
-                  f'{metric} = {value:.4f} ({seconds:.0f} s)', flush=True)
+                  f'{row["metric"]} = {row["value"]:.4f} ({seconds:.0f} s)',
+                  flush=True)
         _save_rows(args.out, rows)
 
     if 'fp' in args.methods and not _done(rows, name, 'fp', 32, 0,

@@ -147,16 +147,12 @@ def run(args) -> list:
             seconds = trained + time.perf_counter() - start
             metrics = run_test(runner)
             method = label(args.method, variant)
-            for metric, key in suite['metrics'].items():
-                row = dict(suite=args.suite, model=suite['model'],
-                           method=method, w_bits=args.bits,
-                           a_bits=args.bits, seed=seed, metric=metric,
-                           value=metrics[key], seconds=round(seconds, 2))
-                if args.split != 'test':
-                    row['split'] = args.split
+            for row in bench.result_rows(args.suite, suite, method,
+                                         args.bits, args.bits, seed, metrics,
+                                         seconds, args.split):
                 rows.append(row)
                 print(f'[post-training A/B] {args.suite} {method} seed '
-                      f'{seed}: {metric} = {metrics[key]:.4f} '
+                      f'{seed}: {row["metric"]} = {row["value"]:.4f} '
                       f'({seconds:.0f} s)', flush=True)
             bench._save_rows(args.out, rows)
     return rows
