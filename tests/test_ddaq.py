@@ -15,6 +15,7 @@ from mmddaq.importance import (HessianImportance,
                                UniformImportance, layer_of_each_bn,
                                limit_span, tap_weights)
 from mmddaq.losses import BNStatisticsLoss, DiscrepancyLoss
+from mmddaq.losses.bns_loss import shifted_moments
 from mmddaq.losses.discrepancy_loss import normalized_mse
 from mmddaq.quantization import freeze_activations, quantized_layers
 
@@ -97,6 +98,24 @@ def test_bns_loss_small_on_matching_batch_and_weighted():
     assert weighted > 0
     with pytest.raises(ValueError, match='no BatchNorm'):
         BNStatisticsLoss(nn.Sequential(nn.Conv2d(3, 3, 1)))
+
+
+@pytest.mark.parametrize('shape', [(8, 4, 5, 6), (16, 3), (4, 2, 3, 3, 3)])
+def test_shifted_moments_equal_var_mean(shape):
+    torch.manual_seed(0)
+    x = (torch.randn(*shape) * 0.5 + 3.0).double().requires_grad_(True)
+    dims = [0] + list(range(2, x.dim()))
+    var, mean = torch.var_mean(x, dim=dims, unbiased=False)
+    shift = torch.randn(shape[1]).double()
+    for s in (shift, shift * 100):  # near and far from the batch mean
+        mean_shift, v = shifted_moments(x, s)
+        assert torch.allclose(mean_shift + s, mean.detach(), atol=1e-8)
+        assert torch.allclose(v.double(), var.detach(), rtol=1e-5)
+    w = torch.randn(shape[1]).double()
+    g_ref, = torch.autograd.grad(((var + mean) * w).sum(), x)
+    mean_shift, v = shifted_moments(x, shift)
+    g, = torch.autograd.grad(((v + mean_shift) * w).sum(), x)
+    assert torch.allclose(g, g_ref, atol=1e-6)
 
 
 # ---------------------------------------------------------------------- D2

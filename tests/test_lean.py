@@ -122,13 +122,47 @@ def test_tapered_generator_is_smaller_at_high_resolution():
     def macs(g):
         total, side = 0, g.init_hw[0]
         for m in g.blocks:
-            if isinstance(m, nn.Upsample):
+            if isinstance(m, nn.Conv2d):
                 side *= 2
-            elif isinstance(m, nn.Conv2d):
                 total += m.weight.numel() * side * side
         return total
 
     assert macs(lean) < 0.4 * macs(full)
+
+
+def test_upsample_conv_equals_upsample_then_conv():
+    from mmddaq.generators.generator import UpsampleConv2d
+    torch.manual_seed(0)
+    fused = UpsampleConv2d(5, 7).double()
+    plain = nn.Sequential(nn.Upsample(scale_factor=2),
+                          nn.Conv2d(5, 7, 3, padding=1)).double()
+    plain[1].load_state_dict(fused.state_dict())
+    x = torch.randn(2, 5, 6, 4, dtype=torch.double, requires_grad=True)
+    y, y_ref = fused(x), plain(x)
+    assert y.shape == (2, 7, 12, 8) and torch.allclose(y, y_ref)
+    w = torch.randn_like(y)
+    grads = torch.autograd.grad((y * w).sum(), [x, fused.weight, fused.bias])
+    refs = torch.autograd.grad((y_ref * w).sum(),
+                               [x, plain[1].weight, plain[1].bias])
+    for g, r in zip(grads, refs):
+        assert torch.allclose(g, r)
+
+
+def test_generator_loads_checkpoints_from_before_upsample_conv():
+    from mmddaq.generators import Generator
+    g = Generator(img_size=16, latent_dim=8, base_channels=8)
+    # the old layout: (upsample, conv, BN, activation) per block
+    old = {}
+    for key, value in g.state_dict().items():
+        if key.startswith('blocks.'):
+            index, rest = key[7:].split('.', 1)
+            key = f'blocks.{int(index) + 1 + int(index) // 3}.{rest}'
+        old[key] = value.clone() + 1
+    fresh = Generator(img_size=16, latent_dim=8, base_channels=8)
+    fresh.load_state_dict(old)
+    for key, value in fresh.state_dict().items():
+        if value.is_floating_point():
+            assert torch.equal(value, g.state_dict()[key] + 1), key
 
 
 def test_cpu_and_torch_kernels_give_the_same_model_outputs():

@@ -3,9 +3,46 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from mmengine.model import BaseModule
+import torch.nn.functional as F
 from torch import nn
 
 from mmddaq.registry import MODELS
+
+#: Taps of the 4-tap transposed-convolution kernel that nearest 2x
+#: upsampling followed by a 3-tap (padding 1) kernel amounts to, per axis:
+#: output row 2i reads input rows i-1 (tap 0) and i (taps 1 + 2), output row
+#: 2i+1 reads rows i (taps 0 + 1) and i+1 (tap 2).
+_UPSAMPLE_FOLD = ((0., 0., 1.), (0., 1., 1.), (1., 1., 0.), (1., 0., 0.))
+
+
+class UpsampleConv2d(nn.Conv2d):
+    """Nearest 2x upsampling followed by a 3x3 convolution (padding 1).
+
+    The same function as ``nn.Upsample(scale_factor=2)`` then
+    ``nn.Conv2d(in_channels, out_channels, 3, padding=1)`` with this
+    module's weight and bias, computed as one stride-2 transposed
+    convolution with a 4x4 kernel folded from the 3x3 one: 4 instead of 9
+    multiply-accumulates per output and input channel, and no upsampled
+    tensor (forward and backward take about half the time on CPU).
+
+    Args:
+        in_channels (int): Input channels.
+        out_channels (int): Output channels.
+        bias (bool): Learn a bias. Defaults to True.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int,
+                 bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, 3, padding=1, bias=bias)
+
+    def folded_weight(self) -> torch.Tensor:
+        """The ``(in, out, 4, 4)`` transposed-convolution kernel."""
+        fold = self.weight.new_tensor(_UPSAMPLE_FOLD)
+        return torch.einsum('rk,ockl,sl->cors', fold, self.weight, fold)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv_transpose2d(x, self.folded_weight(), self.bias,
+                                  stride=2, padding=1)
 
 
 @MODELS.register_module()
@@ -14,7 +51,8 @@ class Generator(BaseModule):
 
     ``z`` (times a learned label embedding when ``num_classes`` is set) is
     projected to a small feature map, then each block doubles its size
-    (nearest upsampling, 3x3 conv, BN, LeakyReLU). A final conv, ``tanh``
+    (nearest upsampling and a 3x3 conv, as one :class:`UpsampleConv2d`; BN,
+    LeakyReLU). A final conv, ``tanh``
     and an affine-free BatchNorm give roughly zero-mean, unit-variance
     channels: the statistics of inputs after a model's data preprocessor.
 
@@ -74,8 +112,7 @@ class Generator(BaseModule):
                 out = max(int(min_channels),
                           base_channels * int(taper_size) // side)
             blocks += [
-                nn.Upsample(scale_factor=2),
-                nn.Conv2d(channels, out, 3, padding=1),
+                UpsampleConv2d(channels, out),
                 nn.BatchNorm2d(out),
                 nn.LeakyReLU(0.2, inplace=True)
             ]
@@ -84,6 +121,21 @@ class Generator(BaseModule):
         self.to_img = nn.Sequential(
             nn.Conv2d(channels, out_channels, 3, padding=1), nn.Tanh(),
             nn.BatchNorm2d(out_channels, affine=False))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints from before ``UpsampleConv2d`` hold four modules per
+        # block (upsample, conv, BN, activation): conv 4k+1 and BN 4k+2 are
+        # now 3k and 3k+1.
+        blocks = prefix + 'blocks.'
+        first = state_dict.get(blocks + '1.weight')
+        if blocks + '0.weight' not in state_dict and first is not None \
+                and first.dim() == 4:
+            for key in [k for k in state_dict if k.startswith(blocks)]:
+                index, rest = key[len(blocks):].split('.', 1)
+                old = int(index)
+                state_dict[f'{blocks}{old - 1 - old // 4}.{rest}'] = \
+                    state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def sample_noise(
             self,

@@ -17,6 +17,35 @@ def batchnorm_layers(model: nn.Module) -> List[str]:
     ]
 
 
+def shifted_moments(x: torch.Tensor, shift: torch.Tensor) -> tuple:
+    """Per-channel batch mean minus ``shift``, and batch variance.
+
+    Sums over the shifted input (``E[y]`` and ``E[y^2] - E[y]^2`` with
+    ``y = x - shift``) instead of ``torch.var_mean``: on CPU that reduction
+    over the batch and spatial axes of an NCHW tensor, forward and backward,
+    takes about three times as long as two plain sums. Shifting by a value
+    near the batch mean (a BN layer's running mean) keeps the subtraction
+    ``E[y^2] - E[y]^2`` accurate in float32.
+
+    Args:
+        x (Tensor): ``(N, C, ...)`` input of a BN layer.
+        shift (Tensor): ``(C, )`` per-channel shift (no gradient flows to
+            it).
+
+    Returns:
+        tuple[Tensor, Tensor]: ``mean(x) - shift`` and the biased variance
+        of ``x``, both ``(C, )``, at least in float32.
+    """
+    dims = [0] + list(range(2, x.dim()))
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    y = x.to(dtype) - shift.detach().to(dtype).view(1, -1,
+                                                    *([1] * (x.dim() - 2)))
+    n = x.numel() // x.shape[1]
+    mean_shift = y.sum(dims) / n
+    var = (y * y).sum(dims) / n - mean_shift * mean_shift
+    return mean_shift, var
+
+
 @MODELS.register_module()
 class BNStatisticsLoss(nn.Module):
     """Distance between batch statistics and a model's BN running statistics.
@@ -67,10 +96,8 @@ class BNStatisticsLoss(nn.Module):
         def hook(module, inputs, output):
             if not self.enabled:
                 return
-            x = inputs[0]
-            dims = [0] + list(range(2, x.dim()))
-            var, mean = torch.var_mean(x, dim=dims, unbiased=False)
-            self._stats[name] = (mean, var)
+            self._stats[name] = shifted_moments(inputs[0],
+                                                module.running_mean)
 
         return hook
 
@@ -94,10 +121,9 @@ class BNStatisticsLoss(nn.Module):
                 'BNStatisticsLoss saw no forward pass: enable it and run '
                 'the full-precision model first.')
         total = 0.
-        for name, (mean, var) in self._stats.items():
+        for name, (mean_shift, var) in self._stats.items():
             bn = self._bns[name]
-            dist = torch.norm(mean - bn.running_mean) + \
-                torch.norm(var - bn.running_var)
+            dist = torch.norm(mean_shift) + torch.norm(var - bn.running_var)
             total = total + self.layer_weights[name] * dist
         self._stats = {}
         return self.loss_weight * total / len(self.layer_names)
