@@ -197,3 +197,19 @@ def test_cpu_and_torch_kernels_give_the_same_model_outputs():
     assert fake_quant.FIXED_GRID_KERNELS['cpu'] is fake_quant.fake_quantize_cpu
     assert {'fp_forward', 'fakequant_forward_torch',
             'generator_iter_mmddaq'} <= set(times)
+
+
+def test_lean_ops_tool_times_every_generator_block_and_bn_shape():
+    import os.path as osp
+    import sys
+    sys.path.insert(0, osp.join(osp.dirname(osp.dirname(__file__)), 'tools'))
+    import lean_ops
+    from mmengine.config import Config
+    cfg = Config.fromfile(osp.join(osp.dirname(osp.dirname(__file__)),
+                                   'configs', 'ddaq_resnet18-w16_digits_w4a4.py'))
+    cfg.train_cfg.batch_size = 2
+    gen = lean_ops.generator_rows(cfg, repeats=1)
+    assert [r[0].split(',')[0] for r in gen] == [
+        'upsample+conv 64->64 at 16 px', 'upsample+conv 64->32 at 32 px']
+    moments = lean_ops.moments_rows(cfg, repeats=1)
+    assert len(moments) == 4 and all(r[1] > 0 and r[2] > 0 for r in moments)
