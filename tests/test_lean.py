@@ -213,3 +213,17 @@ def test_lean_ops_tool_times_every_generator_block_and_bn_shape():
         'upsample+conv 64->64 at 16 px', 'upsample+conv 64->32 at 32 px']
     moments = lean_ops.moments_rows(cfg, repeats=1)
     assert len(moments) == 4 and all(r[1] > 0 and r[2] > 0 for r in moments)
+    # the references compute the same function, and are undone afterwards
+    from mmddaq.generators.generator import UpsampleConv2d
+    from mmddaq.losses import bns_loss
+    lean_fns = (UpsampleConv2d.forward, bns_loss.shifted_moments)
+    m, x = UpsampleConv2d(3, 4), torch.randn(2, 3, 5, 5)
+    shift = torch.randn(3)
+    with lean_ops._Reference():
+        ref_y, ref_moments = m(x), bns_loss.shifted_moments(x, shift)
+    assert (UpsampleConv2d.forward, bns_loss.shifted_moments) == lean_fns
+    assert torch.allclose(m(x), ref_y, atol=1e-5)
+    for a, b in zip(bns_loss.shifted_moments(x, shift), ref_moments):
+        assert torch.allclose(a, b, atol=1e-5)
+    it = lean_ops.iteration_rows(cfg, repeats=1)
+    assert len(it) == 1 and it[0][1] > 0 and it[0][2] > 0

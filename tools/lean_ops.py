@@ -7,7 +7,10 @@ the shapes the default configs run:
   ``nn.Upsample(scale_factor=2)`` then a 3x3 ``nn.Conv2d``, for each
   upsampling block of a config's generator;
 - ``shifted_moments`` (D1's batch mean and variance from two sums) against
-  ``torch.var_mean``, for the inputs of the FP model's BN layers.
+  ``torch.var_mean``, for the inputs of the FP model's BN layers;
+- the whole iteration of the config's schedule (random weights, ranges
+  calibrated then frozen) with both, against the same iteration with both
+  replaced by what they replace, alternating the two.
 
 Example::
 
@@ -115,6 +118,67 @@ def moments_rows(cfg, repeats: int) -> list:
     return rows
 
 
+class _Reference:
+    """Context in which the lean ops compute what they replace."""
+
+    def __enter__(self):
+        import torch.nn.functional as F
+
+        from mmddaq.generators.generator import UpsampleConv2d
+        from mmddaq.losses import bns_loss
+
+        def upsample_conv(module, x):
+            return F.conv2d(F.interpolate(x, scale_factor=2.), module.weight,
+                            module.bias, padding=1)
+
+        def var_mean_moments(x, shift):
+            dims = [0] + list(range(2, x.dim()))
+            var, mean = torch.var_mean(x, dim=dims, unbiased=False)
+            return mean - shift.detach(), var
+
+        self._saved = (UpsampleConv2d.forward, bns_loss.shifted_moments)
+        UpsampleConv2d.forward = upsample_conv
+        bns_loss.shifted_moments = var_mean_moments
+        return self
+
+    def __exit__(self, *exc):
+        from mmddaq.generators.generator import UpsampleConv2d
+        from mmddaq.losses import bns_loss
+        UpsampleConv2d.forward, bns_loss.shifted_moments = self._saved
+
+
+def iteration_rows(cfg, repeats: int) -> list:
+    """The schedule's iteration with the lean ops and with the references.
+
+    Each repeat times one iteration of each, alternating, so that load on
+    the machine reaches both alike.
+    """
+    from mmddaq.apis.cost import _build_ddaq, _calibrated, recipe_plan_mix
+    cfg.model.fp_checkpoint = None  # speed does not need trained weights
+    model, optim, plan = _build_ddaq(cfg)
+    _calibrated(model, optim, plan)
+    rows = []
+    for (update_g, update_q), share in recipe_plan_mix(cfg.train_cfg).items():
+        kind = dict(plan, update_generator=update_g,
+                    update_quantized=update_q)
+        lean, ref = [], []
+        for i in range(repeats + 2):
+            for times, context in ((lean, None), (ref, _Reference())):
+                start = time.perf_counter()
+                if context is None:
+                    model.train_step(kind, optim)
+                else:
+                    with context:
+                        model.train_step(kind, optim)
+                if i >= 2:  # two warm-up rounds
+                    times.append(time.perf_counter() - start)
+        rows.append((f'iteration (generator {update_g}, quantized '
+                     f'{update_q}; {share:.0%} of the schedule)',
+                     1e3 * statistics.median(ref),
+                     1e3 * statistics.median(lean)))
+    return rows
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('configs', nargs='+', help='DDAQ configs')
@@ -129,8 +193,9 @@ def main():
     print('|---|---|---|---|---|')
     for path in args.configs:
         cfg = Config.fromfile(path)
-        for op, ref, new in generator_rows(cfg, args.repeats) + \
-                moments_rows(cfg, args.repeats):
+        rows = generator_rows(cfg, args.repeats) + moments_rows(
+            cfg, args.repeats) + iteration_rows(cfg, args.repeats)
+        for op, ref, new in rows:
             print(f'| {path.split("/")[-1]} | {op} | {ref:.1f} | {new:.1f} '
                   f'| {ref / new:.2f} |', flush=True)
 
