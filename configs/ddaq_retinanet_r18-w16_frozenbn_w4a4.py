@@ -41,24 +41,6 @@ model = dict(
         base_channels=64, num_upsamples=4),
     adapter=dict(type='mmddaq.OneStageDetectorAdapter'),
     loss_weights=dict(ce=1.0, bns=1.0, dis=1.0, kd=1.0, q_dis=1.0))
-custom_hooks = [
-    dict(type='mmddaq.LayerImportanceHook',
-         method=dict(type='HessianImportance', batch_size=4)),
-    dict(type='mmddaq.ActivationCalibrationHook', calib_iters=50),
-    dict(type='mmddaq.GeneratedSamplesHook', interval=200, num_samples=16),
-    dict(type='mmddaq.PostTrainingHook',
-         # the reconstruction pool: the trained generator's samples
-         samples=dict(type='mmddaq.AlgorithmSamples'),
-         # ranges from Gaussian samples: fitted to the generator's pool they
-         # grow too wide for real images (Round 6)
-         calibration_samples=dict(type='mmddaq.GaussianSamples'),
-         num_samples=256,
-         batch_size=8,
-         observers=dict(weight=dict(type='mmddaq.MSEObserver'),
-                        act=dict(type='mmddaq.EMAMinMaxObserver')),
-         # 300 steps per unit, rounding lr 0.05 (constant), LSQ step lr
-         # 1e-3: chosen on the frozen-BN RetinaNet's tune split (Round 10)
-         reconstruction=dict(
-             type='mmddaq.BlockReconstruction', iters=300, batch_size=8,
-             round_lr=0.05, act_lr=1e-3, focus=0.05)),
-]
+# post-training: the RetinaNet recipe of the shared base (its comment says
+# how each part was chosen)
+custom_hooks = {{_base_.retinanet_custom_hooks}}
