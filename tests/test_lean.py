@@ -202,11 +202,12 @@ def test_cpu_and_torch_kernels_give_the_same_model_outputs():
 def test_lean_ops_tool_times_every_generator_block_and_bn_shape():
     import os.path as osp
     import sys
-    sys.path.insert(0, osp.join(osp.dirname(osp.dirname(__file__)), 'tools'))
+    root = osp.dirname(osp.dirname(__file__))
+    sys.path.insert(0, osp.join(root, 'tools'))
     import lean_ops
     from mmengine.config import Config
-    cfg = Config.fromfile(osp.join(osp.dirname(osp.dirname(__file__)),
-                                   'configs', 'ddaq_resnet18-w16_digits_w4a4.py'))
+    cfg = Config.fromfile(
+        osp.join(root, 'configs', 'ddaq_resnet18-w16_digits_w4a4.py'))
     cfg.train_cfg.batch_size = 2
     gen = lean_ops.generator_rows(cfg, repeats=1)
     assert [r[0].split(',')[0] for r in gen] == [
