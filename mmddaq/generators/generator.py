@@ -2,8 +2,8 @@
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
-from mmengine.model import BaseModule
 import torch.nn.functional as F
+from mmengine.model import BaseModule
 from torch import nn
 
 from mmddaq.registry import MODELS
