@@ -33,15 +33,9 @@ import mmddaq  # noqa: E402,F401  (registers the modules)
 
 
 def median_ms(fn, repeats: int) -> float:
-    """Median wall time of ``fn`` in milliseconds (two warm-up calls)."""
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    """Median wall time of ``fn`` in milliseconds (``apis.cost``'s timer)."""
+    from mmddaq.apis.cost import _median_seconds
+    return 1e3 * _median_seconds(fn, repeats)
 
 
 def forward_backward(module_fn, x):
