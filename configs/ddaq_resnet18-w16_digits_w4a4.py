@@ -29,7 +29,9 @@ model = dict(
         type='mmddaq.Generator', img_size=32, num_classes=10,
         latent_dim=64, base_channels=64),
     adapter=dict(type='mmddaq.ClassifierAdapter', kd_temperature=1.0),
-    loss_weights=dict(ce=1.0, bns=1.0, dis=1.0, kd=1.0, q_dis=1.0))
+    # D1 at GDFQ's weight 0.1: on the digits tune split (3 seeds) 97.90
+    # against 96.54 with 1.0, higher on every seed (docs/benchmarks.md)
+    loss_weights=dict(ce=1.0, bns=0.1, dis=1.0, kd=1.0, q_dis=1.0))
 
 optim_wrapper = dict(
     constructor='mmddaq.SubmoduleOptimWrapperConstructor',

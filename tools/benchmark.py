@@ -22,6 +22,7 @@ Rows are appended to ``--out`` as soon as a run ends, so a long benchmark
 can be interrupted and continued (runs already in the file are skipped).
 """
 import argparse
+import itertools
 import json
 import os
 import os.path as osp
@@ -152,7 +153,8 @@ def parse_args(argv=None):
                    '--config (default: from its test_evaluator)')
     p.add_argument('--out', help='JSON file of result rows (appended)')
     p.add_argument('--methods', nargs='+', choices=METHOD_ORDER,
-                   default=list(METHOD_ORDER))
+                   help='methods to run (default: all of an accuracy '
+                   'suite; ddaq for the speed suite)')
     p.add_argument('--bits', nargs='+', type=int, default=[8, 4, 3],
                    help='WxAx settings (8 only for the 8-bit methods)')
     p.add_argument('--a-bits', type=int, default=None,
@@ -201,6 +203,9 @@ def parse_args(argv=None):
         p.error('give either --suite or --config, not both')
     if args.checkpoint and not args.config:
         p.error('--checkpoint goes with --config')
+    if args.methods is None:
+        args.methods = ['ddaq'] if args.suite == 'speed' \
+            else list(METHOD_ORDER)
     return args
 
 
@@ -290,15 +295,20 @@ SPEED_METRICS = ('iter_over_fp_step', 'recipe_iter_over_fp_step',
 
 
 def run_speed(args):
-    """Cost ratios of DDAQ W4A4 per model of the accuracy suites
-    (``--cfg-options`` change the recipe; ``--tag`` names the variant)."""
+    """Cost ratios of W4A4 runs per model of the accuracy suites: each
+    ``--methods`` entry's config (``ddaq`` by default; ``ddaq-kd`` times
+    the paper's recipe), ``--cfg-options`` change it, ``--tag`` names the
+    variant."""
     from mmddaq.apis.cost import (cuda_peak_memory_ratio, peak_memory_ratio,
                                   speed_ratios)
     rows = _load_rows(args.out)
     on_cuda = args.device.startswith('cuda')
-    method = 'ddaq' + args.tag
-    for name in args.models:
+    for name, base in itertools.product(args.models, args.methods):
         suite = SUITES[name]
+        method = base + args.tag
+        if base not in suite['methods']:
+            raise ValueError(f'the speed suite times a quantization method '
+                             f'of suite {name}; "{base}" is not one')
         if any(r['suite'] == 'speed' and r['model'] == suite['model']
                and r['method'] == method
                and r.get('device', 'cpu') == args.device
@@ -306,9 +316,13 @@ def run_speed(args):
             continue
         # timing needs no trained weights (--random-weights skips training)
         fp_ckpt = None if args.random_weights else prepare_suite(suite)
-        cfg = load_config(suite['ddaq_config'],
-                          dict({'model.fp_checkpoint': fp_ckpt},
-                               **_parse_options(args.cfg_options)))
+        cfg = method_config(suite, base,
+                            dict({'model.fp_checkpoint': fp_ckpt},
+                                 **_parse_options(args.cfg_options)))
+        if cfg.train_cfg.get('type', '').split('.')[-1] != \
+                'DataFreeTrainLoop':
+            raise ValueError(f'the speed suite times data-free iterations; '
+                             f'"{base}" does not train with one')
         start = time.perf_counter()
         values = speed_ratios(cfg, repeats=args.repeats, device=args.device)
         values.update(

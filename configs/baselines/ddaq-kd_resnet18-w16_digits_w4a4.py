@@ -1,7 +1,8 @@
 # The paper's DDAQ recipe: generator with D1 + D2 + importance, min-max
 # ranges, KD fine-tuning of the quantized model; no post-training refinement.
 _base_ = '../ddaq_resnet18-w16_digits_w4a4.py'
-train_cfg = dict(warmup_iters=50)  # then KD fine-tuning
+# then KD fine-tuning, the generator updated every other iteration
+train_cfg = dict(warmup_iters=50, generator_interval=2)
 custom_hooks = [
     dict(type='mmddaq.LayerImportanceHook',
          method=dict(type='HessianImportance')),
