@@ -190,6 +190,34 @@ def test_cost_ratios_on_a_tiny_model(tiny_fp_checkpoint):
         mem['ddaq_peak_mb'] / mem['fp_peak_mb'])
 
 
+def test_fp_steps_alternate_with_ddaq_iterations_on_a_frozen_teacher(
+        tiny_fp_checkpoint):
+    import torch
+
+    from mmddaq.apis.cost import (_build_ddaq, _fp_step_fn,
+                                  _interleaved_medians)
+    cfg = load_config(DDAQ_CONFIG, tiny_ddaq_options(tiny_fp_checkpoint))
+    model, optim, plan = _build_ddaq(cfg)
+    fp = model.fp_model
+    before = {k: v.clone() for k, v in fp.state_dict().items()}
+    step = _fp_step_fn(fp, 4, model.input_shape)
+    step()
+    # the step trained the FP model, then left it a frozen teacher again
+    assert any(not torch.equal(before[k], v)
+               for k, v in fp.state_dict().items())
+    assert not any(p.requires_grad for p in fp.parameters())
+    assert not fp.training
+    # a DDAQ iteration after it computes no FP weight gradients
+    model.train_step(plan, optim)
+    assert all(p.grad is None for p in fp.parameters())
+    # the timed calls alternate
+    calls = []
+    medians = _interleaved_medians(
+        dict(a=lambda: calls.append('a'), b=lambda: calls.append('b')),
+        repeats=3, warmup=1)
+    assert calls == ['a', 'b'] * 4 and set(medians) == {'a', 'b'}
+
+
 def test_recipe_plan_mix_follows_the_schedule():
     from mmddaq.apis.cost import recipe_plan_mix
     # the default recipes: the generator alone, every iteration

@@ -1,7 +1,9 @@
 """Cost of DDAQ relative to plain full-precision work on the same model.
 
-Three ratios, each the median of several repeats measured in one process
-(memory: one fresh process per side, so neither sees the other's peak):
+Ratios of medians of several repeats measured in one process, the two
+sides of each ratio alternating so that a change of machine load or clock
+during the measurement reaches both alike (memory: one fresh process per
+side, so neither sees the other's peak):
 
 - ``iter_over_fp_step``: one DDAQ iteration (generator and quantized
   updates) over one FP training step (forward, backward, SGD step) on a
@@ -20,6 +22,7 @@ The FP step is the model's real training step: its own ``loss`` (mmdet's
 detection losses with target assignment, mmpretrain's cross-entropy) on
 random targets (labels; three boxes per image), backward and an SGD step.
 """
+import copy
 import multiprocessing
 import os
 import statistics
@@ -43,16 +46,36 @@ def _median_seconds(fn: Callable,
                     repeats: int,
                     warmup: int = 2,
                     device='cpu') -> float:
+    return _interleaved_medians({'fn': fn}, repeats, warmup, device)['fn']
+
+
+def _interleaved_medians(fns: Dict[str, Callable],
+                         repeats: int,
+                         warmup: int = 2,
+                         device='cpu') -> Dict[str, float]:
+    """Median seconds of each of ``fns``, called in turn every repeat.
+
+    Args:
+        fns (dict[str, Callable]): What to time, by name.
+        repeats (int): Timed calls of each.
+        warmup (int): Untimed calls of each first. Defaults to 2.
+        device: Synchronised around each call when CUDA.
+
+    Returns:
+        dict[str, float]: Median seconds by name.
+    """
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns.values():
+            fn()
+    times: Dict[str, list] = {name: [] for name in fns}
     for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _build_ddaq(cfg: Config, device='cpu'):
@@ -142,22 +165,34 @@ def random_targets(model, x: torch.Tensor, num_boxes: int = 3,
             for c in torch.randint(num_classes, (n, ), generator=gen)]
 
 
-def _fp_step_fn(model, batch_size: int, device='cpu') -> Callable:
-    """An FP training step of ``model.fp_model`` (see module docstring)."""
-    fp = model.fp_model
+def _fp_step_fn(fp, batch_size: int, input_shape, device='cpu') -> Callable:
+    """An FP training step of the FP model ``fp`` (see module docstring).
+
+    Each call makes ``fp`` trainable (parameters with gradients, training
+    mode) and puts back the flags and modes it found, so the steps can
+    alternate with DDAQ iterations that use ``fp`` as their frozen teacher.
+    """
     params = list(fp.parameters())
-    for p in params:
-        p.requires_grad_(True)
-    fp.train()
     sgd = OPTIM_WRAPPERS.build(
         dict(type='OptimWrapper',
              optimizer=torch.optim.SGD(params, lr=1e-6, momentum=0.9)))
-    x = torch.randn(batch_size, *model.input_shape, device=device)
+    x = torch.randn(batch_size, *input_shape, device=device)
     samples = random_targets(fp, x)
 
     def fp_step():
-        loss, _ = fp.parse_losses(fp.loss(x, samples))
-        sgd.update_params(loss)
+        flags = [p.requires_grad for p in params]
+        modes = [m.training for m in fp.modules()]
+        for p in params:
+            p.requires_grad_(True)
+        fp.train()
+        try:
+            loss, _ = fp.parse_losses(fp.loss(x, samples))
+            sgd.update_params(loss)
+        finally:
+            for p, flag in zip(params, flags):
+                p.requires_grad_(flag)
+            for m, mode in zip(fp.modules(), modes):
+                m.training = mode
 
     return fp_step
 
@@ -183,14 +218,22 @@ def speed_ratios(cfg: Config,
     """
     model, optim, plan = _build_ddaq(cfg, device)
     _calibrated(model, optim, plan)
-    ddaq = _median_seconds(lambda: model.train_step(plan, optim), repeats,
-                           device=device)
-    recipe = 0.
-    for (update_g, update_q), share in recipe_plan_mix(cfg.train_cfg).items():
+    mix = recipe_plan_mix(cfg.train_cfg)
+    steps = {'ddaq': lambda: model.train_step(plan, optim)}
+    for update_g, update_q in mix:
         kind = dict(plan, update_generator=update_g,
                     update_quantized=update_q)
-        recipe += share * _median_seconds(
-            lambda: model.train_step(kind, optim), repeats, device=device)
+        steps[(update_g, update_q)] = \
+            lambda kind=kind: model.train_step(kind, optim)
+    # FP training steps alternate with the DDAQ iterations on the same FP
+    # model (the DDAQ teacher), whose weights are put back afterwards
+    teacher = copy.deepcopy(model.fp_model.state_dict())
+    steps['fp_step'] = _fp_step_fn(model.fp_model, plan['batch_size'],
+                                   model.input_shape, device)
+    times = _interleaved_medians(steps, repeats, device=device)
+    model.fp_model.load_state_dict(teacher)
+    ddaq, fp_step = times['ddaq'], times['fp_step']
+    recipe = sum(share * times[kind] for kind, share in mix.items())
 
     x = torch.randn(plan['batch_size'], *model.input_shape, device=device)
     model.eval()
@@ -199,13 +242,10 @@ def speed_ratios(cfg: Config,
         with torch.no_grad():
             model.adapter.forward(net, x)
 
-    q_fwd = _median_seconds(lambda: forward(model.quantized), repeats,
-                            device=device)
-    fp_fwd = _median_seconds(lambda: forward(model.fp_model), repeats,
-                             device=device)
-    fp_step = _median_seconds(
-        _fp_step_fn(model, plan['batch_size'], device), repeats,
-        device=device)
+    times = _interleaved_medians(
+        dict(q=lambda: forward(model.quantized),
+             fp=lambda: forward(model.fp_model)), repeats, device=device)
+    q_fwd, fp_fwd = times['q'], times['fp']
     return dict(
         iter_over_fp_step=ddaq / fp_step,
         recipe_iter_over_fp_step=recipe / fp_step,
@@ -228,7 +268,8 @@ def _run_side(cfg: Config, side: str, steps: int, device) -> None:
         # only the FP model stays alive: drop what DDAQ added
         model.quantized = model.generator = None
         del optim
-        step = _fp_step_fn(model, plan['batch_size'], device)
+        step = _fp_step_fn(model.fp_model, plan['batch_size'],
+                           model.input_shape, device)
         for _ in range(steps):
             step()
 
