@@ -400,14 +400,14 @@ def test_post_training_ab_restores_the_trained_model(tiny_fp_checkpoint,
 def test_speed_suite_times_each_given_method(tmp_path, monkeypatch):
     import mmddaq.apis.cost as cost
     bench = _benchmark_module()
-    seen = {}
+    seen = []
 
     def fake_ratios(cfg, repeats, device):
         # which iterations the timed config runs: the paper's recipe
         # updates the quantized model after its calibration window
         tc = cfg.train_cfg
-        seen[len(seen)] = (tc.warmup_iters < tc.max_iters,
-                           tc.get('generator_interval', 1))
+        seen.append((tc.warmup_iters < tc.max_iters,
+                     tc.get('generator_interval', 1)))
         return {m: 1.0 for m in bench.SPEED_METRICS}
 
     monkeypatch.setattr(cost, 'speed_ratios', fake_ratios)
@@ -423,6 +423,6 @@ def test_speed_suite_times_each_given_method(tmp_path, monkeypatch):
     assert sorted({r['method'] for r in rows}) == [
         'ddaq', 'ddaq-gi2', 'ddaq-kd-gi2']
     # the default trains the generator alone; ddaq-kd fine-tunes by KD
-    assert seen == {0: (False, 1), 1: (False, 2), 2: (True, 2)}
+    assert seen == [(False, 1), (False, 2), (True, 2)]
     with pytest.raises(ValueError, match='"fp" is not one'):
         bench.main(common + ['--methods', 'fp'])

@@ -219,8 +219,10 @@ def speed_ratios(cfg: Config,
     model, optim, plan = _build_ddaq(cfg, device)
     _calibrated(model, optim, plan)
     mix = recipe_plan_mix(cfg.train_cfg)
-    steps = {'ddaq': lambda: model.train_step(plan, optim)}
-    for update_g, update_q in mix:
+    full = (plan['update_generator'], plan['update_quantized'])
+    # each kind of iteration once: the full one and the schedule's
+    steps = {}
+    for update_g, update_q in {full, *mix}:
         kind = dict(plan, update_generator=update_g,
                     update_quantized=update_q)
         steps[(update_g, update_q)] = \
@@ -232,7 +234,7 @@ def speed_ratios(cfg: Config,
                                    model.input_shape, device)
     times = _interleaved_medians(steps, repeats, device=device)
     model.fp_model.load_state_dict(teacher)
-    ddaq, fp_step = times['ddaq'], times['fp_step']
+    ddaq, fp_step = times[full], times['fp_step']
     recipe = sum(share * times[kind] for kind, share in mix.items())
 
     x = torch.randn(plan['batch_size'], *model.input_shape, device=device)
