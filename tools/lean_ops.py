@@ -1,7 +1,8 @@
 """Time mmddaq's lean generator-iteration ops against what they replace.
 
-Side by side in one process, forward and backward, median of repeats, on
-the shapes the default configs run:
+Side by side in one process, forward and backward, median of repeats, the
+two sides of each comparison called in turn every repeat, on the shapes
+the default configs run:
 
 - ``UpsampleConv2d`` (one folded stride-2 transposed conv) against
   ``nn.Upsample(scale_factor=2)`` then a 3x3 ``nn.Conv2d``, for each
@@ -10,7 +11,7 @@ the shapes the default configs run:
   ``torch.var_mean``, for the inputs of the FP model's BN layers;
 - the whole iteration of the config's schedule (random weights, ranges
   calibrated then frozen) with both, against the same iteration with both
-  replaced by what they replace, alternating the two.
+  replaced by what they replace.
 
 Example::
 
@@ -19,9 +20,7 @@ Example::
 """
 import argparse
 import os.path as osp
-import statistics
 import sys
-import time
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -32,10 +31,12 @@ from torch import nn  # noqa: E402
 import mmddaq  # noqa: E402,F401  (registers the modules)
 
 
-def median_ms(fn, repeats: int) -> float:
-    """Median wall time of ``fn`` in milliseconds (``apis.cost``'s timer)."""
-    from mmddaq.apis.cost import _median_seconds
-    return 1e3 * _median_seconds(fn, repeats)
+def paired_ms(ref, new, repeats: int) -> tuple:
+    """Median milliseconds of ``ref`` and ``new``, called in turn every
+    repeat (``apis.cost``'s alternating timer)."""
+    from mmddaq.apis.cost import _interleaved_medians
+    times = _interleaved_medians(dict(ref=ref, new=new), repeats)
+    return 1e3 * times['ref'], 1e3 * times['new']
 
 
 def forward_backward(module_fn, x):
@@ -64,10 +65,10 @@ def generator_rows(cfg, repeats: int) -> list:
             nn.Upsample(scale_factor=2),
             nn.Conv2d(m.in_channels, m.out_channels, 3, padding=1))
         plain[1].load_state_dict(m.state_dict())
-        ref = median_ms(forward_backward(plain, x), repeats)
-        new = median_ms(forward_backward(m, x), repeats)
         rows.append((f'upsample+conv {m.in_channels}->{m.out_channels} '
-                     f'at {side[0] * 2} px, batch {batch}', ref, new))
+                     f'at {side[0] * 2} px, batch {batch}',
+                     *paired_ms(forward_backward(plain, x),
+                                forward_backward(m, x), repeats)))
         side = (side[0] * 2, side[1] * 2)
     return rows
 
@@ -107,8 +108,8 @@ def moments_rows(cfg, repeats: int) -> list:
             return var + mean_shift
 
         rows.append((f'BN moments {list(shape)}',
-                     median_ms(forward_backward(ref, x), repeats),
-                     median_ms(forward_backward(new, x), repeats)))
+                     *paired_ms(forward_backward(ref, x),
+                                forward_backward(new, x), repeats)))
     return rows
 
 
@@ -155,21 +156,15 @@ def iteration_rows(cfg, repeats: int) -> list:
     for (update_g, update_q), share in recipe_plan_mix(cfg.train_cfg).items():
         kind = dict(plan, update_generator=update_g,
                     update_quantized=update_q)
-        lean, ref = [], []
-        for i in range(repeats + 2):
-            for times, context in ((lean, None), (ref, _Reference())):
-                start = time.perf_counter()
-                if context is None:
-                    model.train_step(kind, optim)
-                else:
-                    with context:
-                        model.train_step(kind, optim)
-                if i >= 2:  # two warm-up rounds
-                    times.append(time.perf_counter() - start)
+
+        def ref(kind=kind):
+            with _Reference():
+                model.train_step(kind, optim)
+
         rows.append((f'iteration (generator {update_g}, quantized '
                      f'{update_q}; {share:.0%} of the schedule)',
-                     1e3 * statistics.median(ref),
-                     1e3 * statistics.median(lean)))
+                     *paired_ms(ref, lambda kind=kind: model.train_step(
+                         kind, optim), repeats)))
     return rows
 
 

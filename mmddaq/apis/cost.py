@@ -42,13 +42,6 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median_seconds(fn: Callable,
-                    repeats: int,
-                    warmup: int = 2,
-                    device='cpu') -> float:
-    return _interleaved_medians({'fn': fn}, repeats, warmup, device)['fn']
-
-
 def _interleaved_medians(fns: Dict[str, Callable],
                          repeats: int,
                          warmup: int = 2,
