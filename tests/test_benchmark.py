@@ -141,6 +141,11 @@ def test_detection_configs_derive_every_method():
 
 def test_benchmark_config_form(tiny_fp_checkpoint, tmp_path):
     cfg = load_config(DDAQ_CONFIG, tiny_ddaq_options(tiny_fp_checkpoint))
+    cfg.custom_hooks = cfg.custom_hooks + [
+        dict(type='mmddaq.PostTrainingHook', num_samples=8, batch_size=4,
+             reconstruction=dict(type='mmddaq.BlockReconstruction', iters=2,
+                                 batch_size=4))
+    ]
     config = str(tmp_path / 'my_ddaq.py')
     cfg.dump(config)
     out = str(tmp_path / 'rows.json')
@@ -158,6 +163,13 @@ def test_benchmark_config_form(tiny_fp_checkpoint, tmp_path):
         assert r['suite'] == 'my_ddaq' and r['metric'] == 'top1'
         assert 0 <= r['value'] <= 100
     assert {r['w_bits'] for r in rows if r['method'] != 'fp'} == {4}
+    # each trained run's cost: post-training (only where the method has
+    # one) is part of the run's seconds; the process's peak memory
+    by_method = {r['method']: r for r in rows}
+    ddaq, ptq = by_method['ddaq'], by_method['ptq']
+    assert 0 < ddaq['post_training_seconds'] <= ddaq['seconds']
+    assert 'post_training_seconds' not in ptq
+    assert ddaq['peak_memory_mb'] > 0 and ptq['peak_memory_mb'] > 0
     # finished runs are skipped when the benchmark is run again
     bench.main(argv)
     with open(out) as f:
@@ -188,6 +200,19 @@ def test_cost_ratios_on_a_tiny_model(tiny_fp_checkpoint):
     assert mem['ddaq_peak_mb'] > 0 and mem['fp_peak_mb'] > 0
     assert mem['peak_mem_over_fp_step'] == pytest.approx(
         mem['ddaq_peak_mb'] / mem['fp_peak_mb'])
+
+
+def test_peak_memory_keeps_the_peak_of_what_ran_inside():
+    import torch
+
+    from mmddaq.apis.cost import PeakMemory, _proc_status_bytes
+    before = _proc_status_bytes('VmRSS')
+    with PeakMemory('cpu') as peak:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        assert float(block[-1]) == 1.
+        del block  # freed before the block ends: only the peak remembers
+    assert peak.bytes >= before + 60 * 2**20
+    assert peak.megabytes == pytest.approx(peak.bytes / 2**20)
 
 
 def test_fp_steps_alternate_with_ddaq_iterations_on_a_frozen_teacher(
@@ -389,7 +414,7 @@ def test_post_training_ab_restores_the_trained_model(tiny_fp_checkpoint,
     assert sorted(value) == ['ddaq', 'ddaq-again', 'ddaq-calib']
     # the same recipe on the same trained model and seed: the same model
     assert value['ddaq'] == value['ddaq-again'] != value['ddaq-calib']
-    assert all(r['seconds'] > 0 for r in rows)
+    assert all(0 < r['post_training_seconds'] < r['seconds'] for r in rows)
     ab.main(argv)  # finished rows are skipped
     assert len(json.load(open(out))) == len(rows)
     with pytest.raises(SystemExit):

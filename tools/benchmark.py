@@ -11,7 +11,11 @@
 Each result is one JSON row::
 
     {"suite", "model", "method", "w_bits", "a_bits", "seed", "metric",
-     "value", "seconds"}
+     "value", "seconds"[, "post_training_seconds", "peak_memory_mb"]}
+
+(``seconds``: training and post-training; ``post_training_seconds``: the
+pool, ranges and reconstruction after training; ``peak_memory_mb``: the
+process's peak during training, resident set on CPU, allocated on CUDA.)
 
 Suites ``digits``, ``shapes-retinanet`` and ``shapes-faster-rcnn`` train
 their FP model (and generate the shapes data) when missing. With ``--config``
@@ -418,14 +422,21 @@ def _split_options(suite, split):
     return dict(suite['tune_options'])
 
 
+#: Cost of a run copied into its rows when measured (see train_and_test).
+COST_FIELDS = ('post_training_seconds', 'peak_memory_mb')
+
+
 def result_rows(name, suite, method, bits, a_bits, seed, metrics, seconds,
                 split='test') -> list:
-    """One JSON row per metric of ``suite`` for a finished run."""
+    """One JSON row per metric of ``suite`` for a finished run, with its
+    cost: ``seconds`` and, where measured, :data:`COST_FIELDS`."""
     rows = []
+    cost = {k: round(metrics[k], 2) for k in COST_FIELDS
+            if metrics.get(k) is not None}
     for metric, key in suite['metrics'].items():
         row = dict(suite=name, model=suite['model'], method=method,
                    w_bits=bits, a_bits=a_bits, seed=seed, metric=metric,
-                   value=metrics[key], seconds=round(seconds, 2))
+                   value=metrics[key], seconds=round(seconds, 2), **cost)
         if split != 'test':
             row['split'] = split
         rows.append(row)

@@ -144,8 +144,10 @@ def run(args) -> list:
             hook = HOOKS.build(apply_variant(post, args.variants[variant]))
             start = time.perf_counter()
             hook.after_train(runner)
-            seconds = trained + time.perf_counter() - start
-            metrics = run_test(runner)
+            post_seconds = time.perf_counter() - start
+            seconds = trained + post_seconds
+            metrics = dict(run_test(runner),
+                           post_training_seconds=post_seconds)
             method = label(args.method, variant)
             for row in bench.result_rows(args.suite, suite, method,
                                          args.bits, args.bits, seed, metrics,

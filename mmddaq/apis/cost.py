@@ -309,6 +309,49 @@ def _reset_peak_rss() -> None:
         pass  # older kernels: VmHWM then counts from process start
 
 
+class PeakMemory:
+    """The peak memory of what runs inside it (a context manager).
+
+    On CUDA the allocator's peak of allocated bytes; on CPU the process's
+    peak resident set size (``VmHWM``, restarted on entry where the kernel
+    allows it). The value is the whole process's peak during the block,
+    not only what the block added.
+
+    Args:
+        device (str): ``'cuda'`` or ``'cpu'``.
+
+    Example:
+        >>> with PeakMemory('cpu') as peak:
+        ...     run()
+        >>> peak.megabytes
+    """
+
+    def __init__(self, device: str = 'cpu') -> None:
+        self.cuda = str(device).startswith('cuda')
+        self.bytes = None
+
+    def __enter__(self) -> 'PeakMemory':
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            _reset_peak_rss()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            self.bytes = torch.cuda.max_memory_allocated()
+        else:
+            try:
+                self.bytes = _proc_status_bytes('VmHWM')
+            except (OSError, RuntimeError):  # no /proc: not measured
+                self.bytes = None
+
+    @property
+    def megabytes(self):
+        """The peak in MiB (None where it could not be measured)."""
+        return None if self.bytes is None else self.bytes / 2**20
+
+
 def _peak_memory_child(config_file: str, side: str, steps: int,
                        queue) -> None:
     """Run ``steps`` FP steps or DDAQ iterations; report the peak bytes."""

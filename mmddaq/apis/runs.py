@@ -3,6 +3,7 @@ import os.path as osp
 import time
 from typing import Dict, Optional
 
+import torch
 from mmengine.config import Config
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
@@ -91,14 +92,25 @@ def train_and_test(cfg: Config, work_dir: str,
     """Train with ``cfg`` then evaluate with its test loop.
 
     Returns:
-        dict[str, float]: Test metrics and ``seconds`` (training time).
+        dict[str, float]: Test metrics, ``seconds`` (training time,
+        post-training included), ``post_training_seconds`` (the config's
+        :class:`~mmddaq.engine.hooks.PostTrainingHook`, if it has one) and
+        ``peak_memory_mb`` (peak of training: CUDA allocated memory, or the
+        process's resident set on CPU; absent where it cannot be read).
     """
+    from .cost import PeakMemory
     runner = build_runner(cfg, work_dir, name)
     start = time.perf_counter()
-    runner.train()
+    with PeakMemory('cuda' if torch.cuda.is_available() else 'cpu') as peak:
+        runner.train()
     seconds = time.perf_counter() - start
+    post = runner.message_hub.get_info('post_training_seconds')
     metrics = run_test(runner)
     metrics['seconds'] = seconds
+    if post is not None:
+        metrics['post_training_seconds'] = post
+    if peak.megabytes is not None:
+        metrics['peak_memory_mb'] = peak.megabytes
     return metrics
 
 

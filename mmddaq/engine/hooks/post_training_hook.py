@@ -1,5 +1,6 @@
 """Post-training quantization steps on a pool of samples, after training."""
 import os.path as osp
+import time
 from typing import List, Optional
 
 import torch
@@ -89,6 +90,7 @@ class PostTrainingHook(Hook):
             calibration_samples) if calibration_samples else None
 
     def after_train(self, runner) -> None:
+        start = time.perf_counter()
         model = algorithm_of(runner)
         logger = runner.logger
         batches = self.samples(model, self.num_samples, self.batch_size)
@@ -123,6 +125,8 @@ class PostTrainingHook(Hook):
                 path = osp.join(runner.log_dir, 'reconstruction_error.png')
                 plot_reconstruction(results, path)
                 logger.info(f'Per-block output error before/after: {path}')
+        runner.message_hub.update_info('post_training_seconds',
+                                       time.perf_counter() - start)
         self._save(runner)
 
     @staticmethod
