@@ -223,7 +223,7 @@ def test_post_training_calibrates_on_its_own_sample_source(tmp_path,
     """Ranges from ``calibration_samples``, the pool for the rest."""
     from types import SimpleNamespace
 
-    from mmengine.logging import MMLogger
+    from mmengine.logging import MessageHub, MMLogger
 
     from mmddaq.engine.hooks import post_training_hook as pth
     from mmddaq.registry import SAMPLE_SOURCES
@@ -242,10 +242,12 @@ def test_post_training_calibrates_on_its_own_sample_source(tmp_path,
     hook = pth.PostTrainingHook(
         samples=dict(type='mmddaq.GaussianSamples'), num_samples=2,
         calibration_samples=dict(type='_SevensForTest'))
-    runner = SimpleNamespace(model=model,
+    hub = MessageHub.get_instance('test_post_training_calibration')
+    runner = SimpleNamespace(model=model, message_hub=hub,
                              logger=MMLogger.get_current_instance())
     hook.after_train(runner)
     assert len(seen) == 1 and bool((seen[0] == 7.).all())
+    assert hub.get_info('post_training_seconds') > 0
     with pytest.raises(ValueError, match='calibrate=True'):
         pth.PostTrainingHook(calibrate=False,
                              calibration_samples=dict(type='_SevensForTest'))
