@@ -202,6 +202,30 @@ def test_cost_ratios_on_a_tiny_model(tiny_fp_checkpoint):
         mem['ddaq_peak_mb'] / mem['fp_peak_mb'])
 
 
+def test_report_of_several_files_takes_each_method_from_the_newest(
+        tmp_path):
+    bench = _benchmark_module()
+
+    def row(method, value, seed=0):
+        return dict(suite='digits', model='m', method=method, w_bits=4,
+                    a_bits=4, seed=seed, metric='top1', value=value,
+                    seconds=1.)
+
+    new, old = str(tmp_path / 'new.json'), str(tmp_path / 'old.json')
+    bench._save_rows(new, [row('ddaq', 90.)])
+    bench._save_rows(old, [row('ddaq', 50.), row('ddaq', 52., seed=1),
+                           row('ptq', 40.), dict(row('ddaq', 30.), w_bits=3,
+                                                 a_bits=3)])
+    rows = bench.report_rows([new, old])
+    assert sorted((r['method'], r['w_bits'], r['value']) for r in rows) == [
+        ('ddaq', 3, 30.), ('ddaq', 4, 90.), ('ptq', 4, 40.)]
+    md = str(tmp_path / 'table.md')
+    bench.main(['--report', new, old, '--markdown', md])
+    assert '90.00' in open(md).read() and '50.00' not in open(md).read()
+    with pytest.raises(SystemExit, match='missing.json'):
+        bench.main(['--report', new, str(tmp_path / 'missing.json')])
+
+
 def test_peak_memory_counts_what_ran_inside():
     import mmap
 

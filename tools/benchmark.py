@@ -196,7 +196,10 @@ def parse_args(argv=None):
                    help='speed suite: instead of the cost ratios, time the '
                    'default DDAQ W4A4 run of each --models suite to its '
                    'final metric, next to GDFQ-style\'s, in this process')
-    p.add_argument('--report', help='JSON file to summarise')
+    p.add_argument('--report', nargs='+',
+                   help='JSON file(s) to summarise; a later file adds only '
+                   'the methods and bits the earlier ones lack (newest '
+                   'first: --report NEW.json OLD.json)')
     p.add_argument('--markdown', help='write the summary table here')
     p.add_argument('--plot', help='write accuracy vs bits (PNG) here')
     p.add_argument('--plot-suite', help='suite to plot (default: the first)')
@@ -218,6 +221,25 @@ def _load_rows(path):
         with open(path) as f:
             return json.load(f)
     return []
+
+
+def report_rows(paths):
+    """The rows of ``paths`` together: each later file adds only the
+    (suite, split, method, bits) groups none of the earlier ones has, so a
+    round's reruns replace the older rows of the same settings."""
+
+    def key(r):
+        return (r['suite'], r.get('split', 'test'), r['method'],
+                r['w_bits'], r.get('a_bits', r['w_bits']))
+
+    rows, seen = [], set()
+    for path in paths:
+        if not osp.isfile(path):
+            raise SystemExit(f'--report: "{path}" does not exist')
+        own = _load_rows(path)
+        rows += [r for r in own if key(r) not in seen]
+        seen |= {key(r) for r in own}
+    return rows
 
 
 def _save_rows(path, rows):
@@ -674,7 +696,8 @@ def main(argv=None):
         if not args.out:
             raise SystemExit('--suite/--config needs --out FILE.json')
         run_suite(args)
-    rows = _load_rows(args.report or args.out)
+    rows = report_rows(args.report) if args.report else _load_rows(
+        args.out)
     if args.markdown:
         with open(args.markdown, 'w') as f:
             f.write(markdown_table(rows))
