@@ -15,7 +15,8 @@ Each result is one JSON row::
 
 (``seconds``: training and post-training; ``post_training_seconds``: the
 pool, ranges and reconstruction after training; ``peak_memory_mb``: the
-process's peak during training, resident set on CPU, allocated on CUDA.)
+process's peak during training and post-training, resident set on CPU,
+allocated on CUDA.)
 
 Suites ``digits``, ``shapes-retinanet`` and ``shapes-faster-rcnn`` train
 their FP model (and generate the shapes data) when missing. With ``--config``

@@ -95,8 +95,9 @@ def train_and_test(cfg: Config, work_dir: str,
         dict[str, float]: Test metrics, ``seconds`` (training time,
         post-training included), ``post_training_seconds`` (the config's
         :class:`~mmddaq.engine.hooks.PostTrainingHook`, if it has one) and
-        ``peak_memory_mb`` (peak of training: CUDA allocated memory, or the
-        process's resident set on CPU; absent where it cannot be read).
+        ``peak_memory_mb`` (peak of training and post-training: CUDA
+        allocated memory, or the process's resident set on CPU; absent
+        where it cannot be read).
     """
     from .cost import PeakMemory
     runner = build_runner(cfg, work_dir, name)
