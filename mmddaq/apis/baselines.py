@@ -30,7 +30,9 @@ the same model with the same policy and only the data-free recipe differs:
 - ``ddaq-kd``: the paper's recipe: generator with D1, D2 and importance,
   min-max ranges, KD fine-tuning, no post-training refinement; the
   generator is updated every other iteration (``generator_interval=2``
-  unless the config sets one), the quantized model every iteration.
+  unless the config sets one), the quantized model every iteration. A
+  config's ``kd_loss_weights`` (e.g. another D1 weight chosen for KD
+  fine-tuning) override its ``loss_weights`` for this recipe.
 - ``ddaq-no-d1`` / ``ddaq-no-d2`` / ``ddaq-uniform``: DDAQ without the BN
   statistics discriminator, without the discrepancy discriminator, or with
   every layer equally important.
@@ -206,6 +208,7 @@ def derive_method(cfg: Config,
         # every one: level with every iteration on the digits tune split
         # (docs/benchmarks.md, Round 13) at 0.75x the time
         cfg.train_cfg.setdefault('generator_interval', 2)
+        weights.update(cfg.get('kd_loss_weights') or {})
     elif method == 'ddaq-no-d1':
         weights.update(bns=0.)
     elif method == 'ddaq-no-d2':
