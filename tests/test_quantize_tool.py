@@ -266,3 +266,14 @@ def test_bad_inputs_fail_before_any_work(classifier, shapes_root, tmp_path):
     fails([no_data, det_ckpt], 'gone/val.json')
     not_task = write(tmp_path, 'generator.py', NOT_A_TASK_MODEL)
     fails([not_task, ckpt], 'no mmddaq adapter handles Generator')
+
+
+def test_methods_that_read_real_images_are_refused(tmp_path, capsys):
+    # qdrop-real needs a real_calib_dataloader the one-command tool never
+    # has: refused by the argument parser, before anything is built
+    with pytest.raises(SystemExit):
+        tool('quantize').parse_args(['cfg.py', 'ckpt.pth', '--method',
+                                     'qdrop-real'])
+    assert "invalid choice: 'qdrop-real'" in capsys.readouterr().err
+    assert tool('quantize').parse_args(
+        ['cfg.py', 'ckpt.pth', '--method', 'genie']).method == 'genie'

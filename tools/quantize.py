@@ -28,7 +28,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import mmddaq  # noqa: E402,F401
 from mmengine.config import DictAction  # noqa: E402
 
-from mmddaq.apis.baselines import DERIVED_METHODS  # noqa: E402
+from mmddaq.apis.baselines import DATA_FREE_METHODS  # noqa: E402
 from mmddaq.apis.quantize import (QuantizeInputError,  # noqa: E402
                                   check_work_dir_free, plan_quantization,
                                   run_quantization, write_quantize_config)
@@ -40,7 +40,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('config', help="the FP model's own config")
     p.add_argument('checkpoint', help='its FP checkpoint')
-    p.add_argument('--method', default='ddaq', choices=DERIVED_METHODS)
+    # data-free methods only: the tool never reads training images
+    p.add_argument('--method', default='ddaq', choices=DATA_FREE_METHODS)
     p.add_argument('--w-bits', type=int, default=4)
     p.add_argument('--a-bits', type=int, default=4)
     p.add_argument('--first-last-bits', type=int, default=8,

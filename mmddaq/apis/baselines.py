@@ -21,7 +21,8 @@ the same model with the same policy and only the data-free recipe differs:
   importance, the quantized model never fine-tuned), then MSE ranges and
   block reconstruction on its samples (Genie-style).
 - ``qdrop-real``: MSE range search for weights and activations,
-  calibrated on 256 *real* training images, then block reconstruction
+  calibrated on *real* training images (as many as the config's
+  post-training pool: 256 on the RetinaNets), then block reconstruction
   (AdaRound, LSQ, QDrop) on the same images; an upper bound, not
   data-free. Its images come from the config's ``real_calib_dataloader``;
   a ``calibration_samples`` source of the config's hook (e.g. Gaussian
@@ -52,6 +53,9 @@ CALIBRATION_METHODS = ('ptq', 'zeroq', 'ptq-mse', 'qdrop-real')
 DERIVED_METHODS = ('ddaq', 'ptq', 'ptq-mse', 'zeroq', 'gdfq', 'genie',
                    'qdrop-real', 'ddaq-kd', 'ddaq-no-d1', 'ddaq-no-d2',
                    'ddaq-uniform')
+#: The methods that need no data at all (``qdrop-real`` reads real images
+#: from a config's ``real_calib_dataloader``).
+DATA_FREE_METHODS = tuple(m for m in DERIVED_METHODS if m != 'qdrop-real')
 #: Range search used by the methods that refine after training.
 MSE_OBSERVERS = dict(weight=dict(type='mmddaq.MSEObserver'),
                      act=dict(type='mmddaq.MSEObserver'))
