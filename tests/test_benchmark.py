@@ -139,7 +139,6 @@ def test_detection_configs_derive_every_method():
     assert gdfq.model.loss_weights.dis == 0
 
 
-
 def test_kd_loss_weights_apply_to_the_kd_recipe_only():
     cfg = load_config(DDAQ_CONFIG)
     cfg.kd_loss_weights = dict(bns=0.7)
@@ -148,6 +147,7 @@ def test_kd_loss_weights_apply_to_the_kd_recipe_only():
         derived = derive_method(cfg, method)
         assert derived.model.loss_weights.bns == cfg.model.loss_weights.bns
     assert derive_method(cfg, 'ddaq-no-d1').model.loss_weights.bns == 0
+
 
 def test_benchmark_config_form(tiny_fp_checkpoint, tmp_path):
     cfg = load_config(DDAQ_CONFIG, tiny_ddaq_options(tiny_fp_checkpoint))
