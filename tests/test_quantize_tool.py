@@ -142,6 +142,8 @@ def check_report(work_dir, metric):
     assert osp.isfile(report['checkpoint'])
     assert osp.isfile(osp.join(work_dir, 'report.md'))
     assert osp.isfile(osp.join(work_dir, 'layer_bits.png'))
+    # the run's own peak (mmddaq.apis.cost.PeakMemory), not a guess
+    assert report['peak_memory_mb'] > 0
     return report
 
 

@@ -416,13 +416,6 @@ def check_work_dir_free(work_dir: str, resume: bool) -> None:
             'to run it again from its last checkpoint')
 
 
-def _peak_memory_mb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def plot_layers(bits: Dict[str, List[int]], importance: Dict[str, float],
                 path: str) -> None:
     """Bits and importance of every quantized layer (one bar each)."""
@@ -503,7 +496,8 @@ def report_markdown(report: dict) -> str:
              f' (first/last layers: {report["first_last_bits"]} bits)',
              f'- task: {report["task"]}, input {report["input_shape"]}',
              f'- time: {report["seconds"]:.0f} s, peak memory '
-             f'{report["peak_memory_mb"]:.0f} MB',
+             + ('not measured' if report['peak_memory_mb'] is None else
+                f'{report["peak_memory_mb"]:.0f} MB'),
              f'- checkpoint: `{report["checkpoint"]}`',
              f'- config (rerun with tools/train.py): '
              f'`{report["quantize_config"]}`', '',
@@ -563,6 +557,7 @@ def run_quantization(plan: dict,
     Returns:
         dict: The report.
     """
+    from .cost import PeakMemory
     from .metrics import run_test
     from .runs import runner_from_cfg
     start = time.perf_counter()
@@ -572,12 +567,13 @@ def run_quantization(plan: dict,
     fp_cfg = copy.deepcopy(cfg)  # Config.copy() would share the model
     fp_cfg.model.eval_model = 'fp'
     fp_cfg.experiment_name = 'fp_eval'
-    fp_metrics = run_test(runner_from_cfg(fp_cfg))
-    cfg.experiment_name = f'{method}_{time.strftime("%Y%m%d_%H%M%S")}'
-    cfg.resume = bool(resume)
-    runner = runner_from_cfg(cfg)
-    runner.train()
-    q_metrics = run_test(runner)
+    with PeakMemory('cuda' if torch.cuda.is_available() else 'cpu') as peak:
+        fp_metrics = run_test(runner_from_cfg(fp_cfg))
+        cfg.experiment_name = f'{method}_{time.strftime("%Y%m%d_%H%M%S")}'
+        cfg.resume = bool(resume)
+        runner = runner_from_cfg(cfg)
+        runner.train()
+        q_metrics = run_test(runner)
     from mmddaq.engine.hooks.utils import algorithm_of
     algo = algorithm_of(runner)
     last = osp.join(work_dir, 'last_checkpoint')
@@ -592,7 +588,7 @@ def run_quantization(plan: dict,
         layer_bits=algo.layer_bits(),
         layer_importance=dict(algo.layer_importance),
         seconds=time.perf_counter() - start,
-        peak_memory_mb=_peak_memory_mb(), checkpoint=checkpoint,
+        peak_memory_mb=peak.megabytes, checkpoint=checkpoint,
         quantize_config=osp.abspath(config_path))
     if export and checkpoint:
         report['export'] = _export(config_path, checkpoint, work_dir)
