@@ -364,7 +364,8 @@ def test_post_training_hook_end_to_end(tiny_fp_checkpoint, tmp_path):
                                'real')['accuracy/top1'] <= 100
 
 
-def test_a_unit_made_worse_is_put_back(monkeypatch):
+@pytest.mark.parametrize('bias_lr', [None, 1e-3])
+def test_a_unit_made_worse_is_put_back(monkeypatch, bias_lr):
     fp = _trained_tiny_resnet()
     gen = torch.Generator().manual_seed(2)
     batches = [torch.randn(16, 3, 12, 12, generator=gen) for _ in range(2)]
@@ -382,8 +383,8 @@ def test_a_unit_made_worse_is_put_back(monkeypatch):
 
     monkeypatch.setattr(BlockReconstruction, '_optimise',
                         round_everything_down)
-    results = BlockReconstruction(iters=1)(fp, q, lambda m, b: m(b),
-                                           batches)
+    results = BlockReconstruction(iters=1, bias_lr=bias_lr)(
+        fp, q, lambda m, b: m(b), batches)
     assert not any(r['kept'] for r in results)
     after = q.state_dict()
     assert set(after) == set(before)
@@ -725,3 +726,92 @@ def test_sensitivity_favours_the_positions_the_output_loss_reads():
         BlockReconstruction(iters=1, sensitivity=0.1)(
             nn.Identity(), nn.Identity(), lambda m, b: m(b),
             [torch.zeros(1, 1)])
+
+
+class _TowerHead(nn.Module):
+    """A conv tower run on two levels, then an output conv, like a
+    RetinaNet head's ``cls_convs`` loop."""
+
+    def __init__(self):
+        super().__init__()
+        from mmcv.cnn import ConvModule
+        torch.manual_seed(6)
+        self.convs = nn.ModuleList(
+            ConvModule(8, 8, 3, padding=1, act_cfg=dict(type='ReLU'))
+            for _ in range(3))
+        self.out = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        outs = []
+        for level in (x, nn.functional.avg_pool2d(x, 2)):
+            for conv in self.convs:
+                level = conv(level)
+            outs.append(self.out(level).flatten(1))
+        return torch.cat(outs, 1)
+
+
+class _TowerModel(nn.Module):
+
+    def __init__(self):
+        super().__init__()
+        self.head = _TowerHead()
+
+    def forward(self, x):
+        return self.head(x)
+
+
+def test_a_chain_is_one_unit_fitted_on_the_towers_output():
+    from mmddaq.quantization.reconstruction import Chain, _capture
+    fp = _TowerModel().eval()
+    gen = torch.Generator().manual_seed(2)
+    batches = [torch.randn(8, 8, 8, 8, generator=gen) for _ in range(3)]
+    q = _quantize(copy.deepcopy(fp), 3, batches, call_sites={'head': 2})
+    chains = ['head.convs']
+    assert reconstruction_units(q, chains=chains) == ['head.convs',
+                                                      'head.out']
+    # records: the first conv's input, the last conv's FP output, per level
+    records = _capture(fp, q, fp.head.convs, Chain(q.head.convs),
+                       lambda m, b: m(b), batches[:1])
+    assert [r[2] for r in records] == [0, 1]
+    x = batches[0]
+    assert torch.equal(records[0][0], x)
+    with torch.no_grad():
+        assert torch.allclose(records[0][1][0], Chain(fp.head.convs)(x))
+    results = BlockReconstruction(iters=100, batch_size=8, chains=chains)(
+        fp, q, lambda m, b: m(b), batches)
+    assert [r['name'] for r in results] == chains + ['head.out']
+    assert results[0]['kept']
+    assert results[0]['error_after'] < results[0]['error_before']
+    # every conv of the tower got learned rounding, baked onto its grid
+    for conv in q.head.convs:
+        assert conv.conv.weight_quantizer.fixed_scale.numel()
+    with pytest.raises(ValueError, match='bbox_head.cls_convs'):
+        reconstruction_units(q, chains=['bbox_head.cls_convs'])
+    with pytest.raises(ValueError, match="'head.out'"):
+        reconstruction_units(q, chains=['head.out'])
+
+
+def test_learned_biases_absorb_a_mean_shift():
+    """A unit whose quantized copy has shifted biases (as 4-bit activations
+    shift a layer's output mean): with ``bias_lr`` reconstruction moves the
+    biases and norm shifts back; without it nothing can."""
+    fp = _trained_tiny_resnet()
+    gen = torch.Generator().manual_seed(3)
+    batches = [torch.randn(16, 3, 12, 12, generator=gen) for _ in range(2)]
+    errors = {}
+    for bias_lr in (None, 5e-2):
+        q = _quantize(copy.deepcopy(fp), 8, batches)
+        with torch.no_grad():
+            q.block1.bn2.bias.add_(0.5)
+            q.fc.bias.add_(0.5)
+        torch.manual_seed(0)
+        results = BlockReconstruction(
+            iters=200, batch_size=16, adaround=False, learn_act_steps=False,
+            drop_prob=0., bias_lr=bias_lr)(fp, q, lambda m, b: m(b), batches)
+        errors[bias_lr] = {r['name']: r['error_after'] for r in results}
+        if bias_lr:
+            shift = (q.fc.bias - fp.fc.bias).abs().max()
+            assert shift < 0.1, shift
+            assert q.fc.bias.requires_grad == fp.fc.bias.requires_grad
+    for name in ('block1', 'fc'):
+        assert errors[5e-2][name] < 0.1 * errors[None][name], name

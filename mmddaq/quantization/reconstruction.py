@@ -35,16 +35,50 @@ DEFAULT_BLOCK_TYPES = ('BasicBlock', 'Bottleneck', 'InvertedResidual',
 Forward = Callable[[nn.Module, torch.Tensor], object]
 
 
+class Chain(nn.Module):
+    """Runs the members of a module list one after another, as a model's
+    forward does with a detection head's conv tower (``for conv in
+    self.cls_convs: x = conv(x)``), so the tower can be reconstructed as
+    one unit. Built around the model's own list; the model is unchanged.
+
+    Args:
+        layers (nn.ModuleList): The members, in the order they run.
+    """
+
+    def __init__(self, layers: nn.ModuleList) -> None:
+        super().__init__()
+        self.layers = layers
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def _ends(unit: nn.Module) -> Tuple[nn.Module, nn.Module]:
+    """(the module a unit's input enters, the module its output leaves):
+    the first and last member of a chain, else the unit itself twice."""
+    if isinstance(unit, (nn.ModuleList, Chain)):
+        layers = unit.layers if isinstance(unit, Chain) else unit
+        return layers[0], layers[-1]
+    return unit, unit
+
+
+def _runnable(unit: nn.Module) -> nn.Module:
+    return Chain(unit) if isinstance(unit, nn.ModuleList) else unit
+
+
 def execution_order(model: nn.Module, run: Callable[[], object],
                     names: Sequence[str]) -> List[str]:
-    """``names`` sorted by when each submodule first runs in ``run()``.
+    """``names`` sorted by when each submodule first runs in ``run()`` (a
+    module list: its first member).
 
     Submodules that never run are left out.
     """
     modules = dict(model.named_modules())
     order: List[str] = []
     handles = [
-        modules[n].register_forward_pre_hook(
+        _ends(modules[n])[0].register_forward_pre_hook(
             lambda mod, inp, n=n: order.append(n) if n not in order else None)
         for n in names
     ]
@@ -58,19 +92,36 @@ def execution_order(model: nn.Module, run: Callable[[], object],
 
 
 def reconstruction_units(model: nn.Module,
-                         block_types: Sequence[str] = DEFAULT_BLOCK_TYPES
-                         ) -> List[str]:
+                         block_types: Sequence[str] = DEFAULT_BLOCK_TYPES,
+                         chains: Sequence[str] = ()) -> List[str]:
     """Names of the units reconstructed one at a time, in module order.
 
-    A unit is a residual block (a module whose class name is in
-    ``block_types``) holding quantized layers, or a quantized layer that is
-    in no such block (stem, classifier, FPN and head convs).
+    A unit is a module list named in ``chains`` (members run one after
+    another on one input, like a detection head's conv tower), a residual
+    block (a module whose class name is in ``block_types``) holding
+    quantized layers, or a quantized layer that is in neither (stem,
+    classifier, FPN and head convs).
+
+    Raises:
+        ValueError: A name in ``chains`` is not a non-empty module list of
+            ``model`` holding quantized layers.
     """
+    modules = dict(model.named_modules())
+    for name in chains:
+        chain = modules.get(name)
+        if not isinstance(chain, nn.ModuleList) or not len(chain) or \
+                not quantized_layers(chain):
+            raise ValueError(
+                f'chains: {name!r} is not a module list of quantized layers '
+                'in this model (a head\'s conv tower, e.g. '
+                '\'bbox_head.cls_convs\')')
     units: List[str] = []
     for name, module in model.named_modules():
         if any(name.startswith(u + '.') for u in units):
             continue
-        if type(module).__name__ in block_types and \
+        if name in chains:
+            units.append(name)
+        elif type(module).__name__ in block_types and \
                 quantized_layers(module):
             units.append(name)
         elif isinstance(module, QUANT_MODULES):
@@ -207,12 +258,13 @@ def _capture(fp_model, q_model, fp_unit, q_unit, forward: Forward,
         batch[0] += 1
 
     run = _stopping_forward(forward) if can_stop else forward
+    fp_first, fp_last = _ends(fp_unit)
     handles = [
-        q_unit.register_forward_pre_hook(grab_input),
-        fp_unit.register_forward_hook(grab_output)
+        _ends(q_unit)[0].register_forward_pre_hook(grab_input),
+        fp_last.register_forward_hook(grab_output)
     ]
     if fp_inputs:
-        handles.append(fp_unit.register_forward_pre_hook(grab_fp_input))
+        handles.append(fp_first.register_forward_pre_hook(grab_fp_input))
     _run_both(fp_model, q_model, run, batches, handles,
               before_batch=before_batch)
     if len(q_inputs) != len(fp_outputs):
@@ -282,8 +334,10 @@ def sensitivity_maps(fp_model: nn.Module, q_model: nn.Module,
 
     maps: Dict[str, Dict[Tuple[int, int], torch.Tensor]] = {
         n: {} for n in units}
-    handles = [q_model.get_submodule(n).register_forward_hook(make_hook(n))
-               for n in units]
+    handles = [
+        _ends(q_model.get_submodule(n))[1].register_forward_hook(make_hook(n))
+        for n in units
+    ]
     try:
         for b, x in enumerate(batches):
             deltas.clear()
@@ -395,6 +449,17 @@ def _undecided_share(rounders) -> float:
     return soft / total
 
 
+def _unit_biases(unit: nn.Module, layers) -> List[nn.Parameter]:
+    """The additive terms a unit's output can be shifted by: its quantized
+    layers' biases and its norm layers' shifts (``beta``)."""
+    found = {id(m.bias): m.bias for m in layers
+             if isinstance(getattr(m, 'bias', None), nn.Parameter)}
+    for m in unit.modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.affine:
+            found.setdefault(id(m.bias), m.bias)
+    return list(found.values())
+
+
 class RecordSampler:
     """Draws the training batch of each reconstruction step from a unit's
     records (:func:`_capture`).
@@ -478,6 +543,14 @@ class BlockReconstruction:
         batch_size (int): Samples per step. Defaults to 32.
         block_types (Sequence[str]): Class names of residual blocks
             reconstructed as one unit.
+        chains (Sequence[str]): Names of module lists whose members run
+            one after another and are reconstructed as one unit (a
+            detection head's conv towers, ``'bbox_head.cls_convs'``): the
+            later convs' rounding can then make up for the earlier ones'
+            error. The members must be all the model computes between
+            them (mmcv ``ConvModule`` towers are; a list of linear layers
+            whose activation the model applies outside it is not).
+            Defaults to none (each member is its own unit).
         adaround (bool): Learn the rounding. Defaults to True.
         round_lr (float): Adam learning rate of the rounding variables.
         round_weight (float): Weight of the rounding regulariser.
@@ -486,6 +559,10 @@ class BlockReconstruction:
         learn_act_steps (bool): Learn activation step sizes (LSQ).
         act_lr (float): Adam learning rate of the activation steps
             (cosine-annealed to 0 over ``iters``).
+        bias_lr (float, optional): Also learn the unit's biases and norm
+            shifts (``beta``) in float, at this Adam learning rate
+            (cosine-annealed), so they absorb the mean shift that 4-bit
+            activations leave. Defaults to None (biases stay as they are).
         round_lr_decay (bool): Anneal the rounding variables' learning rate
             too. Defaults to False: AdaRound keeps it constant, and with
             few ``iters`` a decayed rate leaves the variables short of the
@@ -535,6 +612,7 @@ class BlockReconstruction:
                  iters: int = 500,
                  batch_size: int = 32,
                  block_types: Sequence[str] = DEFAULT_BLOCK_TYPES,
+                 chains: Sequence[str] = (),
                  adaround: bool = True,
                  round_lr: float = 1e-2,
                  round_weight: float = 0.01,
@@ -542,6 +620,7 @@ class BlockReconstruction:
                  beta: Tuple[float, float] = (20., 2.),
                  learn_act_steps: bool = True,
                  act_lr: float = 4e-5,
+                 bias_lr: Optional[float] = None,
                  drop_prob: float = 0.5,
                  fp_input_prob: float = 0.,
                  round_lr_decay: bool = False,
@@ -559,6 +638,7 @@ class BlockReconstruction:
         self.iters = int(iters)
         self.batch_size = int(batch_size)
         self.block_types = tuple(block_types)
+        self.chains = tuple(chains)
         self.adaround = adaround
         self.round_lr = round_lr
         self.round_weight = round_weight
@@ -566,6 +646,9 @@ class BlockReconstruction:
         self.beta = tuple(beta)
         self.learn_act_steps = learn_act_steps
         self.act_lr = act_lr
+        if bias_lr is not None and bias_lr <= 0:
+            raise ValueError(f'bias_lr must be > 0 (or None), got {bias_lr}')
+        self.bias_lr = bias_lr
         self.drop_prob = drop_prob
         if not 0. <= fp_input_prob <= 1.:
             raise ValueError('fp_input_prob must be in [0, 1], got '
@@ -617,7 +700,7 @@ class BlockReconstruction:
         """
         units = execution_order(
             q_model, lambda: forward(q_model, batches[0]),
-            reconstruction_units(q_model, self.block_types))
+            reconstruction_units(q_model, self.block_types, self.chains))
         maps = self._focus_maps(fp_model, forward, batches, score_map)
         unit_maps = {}
         if self.sensitivity is not None:
@@ -664,7 +747,7 @@ class BlockReconstruction:
         """Reconstruct one unit (see :meth:`__call__`)."""
         tic = time.perf_counter()
         fp_unit = fp_model.get_submodule(name)
-        q_unit = q_model.get_submodule(name)
+        q_unit = _runnable(q_model.get_submodule(name))
         records = _capture(fp_model, q_model, fp_unit, q_unit, forward,
                            batches, maps, fp_inputs=self.fp_input_prob > 0,
                            unit_maps=unit_maps)
@@ -695,16 +778,24 @@ class BlockReconstruction:
                                lr=self.round_lr, decay=self.round_lr_decay))
         if steps:
             groups.append(dict(params=steps, lr=self.act_lr, decay=True))
+        biases = _unit_biases(q_unit, layers) if self.bias_lr else []
+        if biases:
+            groups.append(dict(params=biases, lr=self.bias_lr, decay=True))
+        bias_state = [(b.detach().clone(), b.requires_grad) for b in biases]
         ranges = [(q.observer.min_val.clone(), q.observer.max_val.clone())
                   for q in learned_here]
         try:
             if groups:
                 for q in acts:
                     q.drop_prob = self.drop_prob
+                for b in biases:
+                    b.requires_grad_(True)
                 self._optimise(q_unit, fit, groups, rounders, weights)
         finally:
             for q in acts:
                 q.drop_prob = 0.
+            for b, (_, grad) in zip(biases, bias_state):
+                b.requires_grad_(grad)
             undecided = _undecided_share([ada for _, ada in rounders])
             for (m, ada) in rounders:
                 ada.hard = True
@@ -719,6 +810,8 @@ class BlockReconstruction:
             for m, quantizer in zip(layers, originals):
                 m.weight_quantizer = quantizer
             with torch.no_grad():
+                for b, (value, _) in zip(biases, bias_state):
+                    b.copy_(value)
                 for q, (lo, hi) in zip(learned_here, ranges):
                     q.observer.min_val.copy_(lo)
                     q.observer.max_val.copy_(hi)
