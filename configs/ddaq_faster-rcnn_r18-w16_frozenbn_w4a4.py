@@ -50,6 +50,9 @@ custom_hooks = [
          batch_size=8,
          observers=dict(weight=dict(type='mmddaq.MSEObserver'),
                         act=dict(type='mmddaq.EMAMinMaxObserver')),
+         # as the frozen-BN RetinaNet (Round 16): biases corrected on the
+         # generator's pool before reconstruction
+         bias_correction=True,
          # 300 steps per unit, rounding lr 0.05 (constant), LSQ step lr
          # 1e-3: chosen on the frozen-BN RetinaNet's tune split (Round 10)
          reconstruction=dict(

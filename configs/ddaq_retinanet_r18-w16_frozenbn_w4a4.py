@@ -41,6 +41,6 @@ model = dict(
         base_channels=64, num_upsamples=4),
     adapter=dict(type='mmddaq.OneStageDetectorAdapter'),
     loss_weights=dict(ce=1.0, bns=1.0, dis=1.0, kd=1.0, q_dis=1.0))
-# post-training: the RetinaNet recipe of the shared base (its comment says
-# how each part was chosen)
-custom_hooks = {{_base_.retinanet_custom_hooks}}
+# post-training: the RetinaNet recipe of the shared base with bias
+# correction (its comments say how each part was chosen)
+custom_hooks = {{_base_.frozenbn_custom_hooks}}
