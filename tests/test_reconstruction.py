@@ -789,6 +789,9 @@ def test_a_chain_is_one_unit_fitted_on_the_towers_output():
         reconstruction_units(q, chains=['bbox_head.cls_convs'])
     with pytest.raises(ValueError, match="'head.out'"):
         reconstruction_units(q, chains=['head.out'])
+    with pytest.raises(ValueError, match='inside other units'):
+        reconstruction_units(q, block_types=('_TowerHead', ),
+                             chains=chains)
 
 
 def test_learned_biases_absorb_a_mean_shift():
@@ -813,5 +816,6 @@ def test_learned_biases_absorb_a_mean_shift():
             shift = (q.fc.bias - fp.fc.bias).abs().max()
             assert shift < 0.1, shift
             assert q.fc.bias.requires_grad == fp.fc.bias.requires_grad
+            assert q.fc.bias.grad is None
     for name in ('block1', 'fc'):
         assert errors[5e-2][name] < 0.1 * errors[None][name], name

@@ -126,6 +126,10 @@ def reconstruction_units(model: nn.Module,
             units.append(name)
         elif isinstance(module, QUANT_MODULES):
             units.append(name)
+    inside = [c for c in chains if c not in units]
+    if inside:
+        raise ValueError(f'chains: {inside} lie inside other units (blocks '
+                         f'of {list(block_types)}); name the block instead')
     return units
 
 
@@ -454,8 +458,10 @@ def _unit_biases(unit: nn.Module, layers) -> List[nn.Parameter]:
     layers' biases and its norm layers' shifts (``beta``)."""
     found = {id(m.bias): m.bias for m in layers
              if isinstance(getattr(m, 'bias', None), nn.Parameter)}
+    norms = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
     for m in unit.modules():
-        if isinstance(m, nn.modules.batchnorm._NormBase) and m.affine:
+        if isinstance(m, norms) and \
+                isinstance(getattr(m, 'bias', None), nn.Parameter):
             found.setdefault(id(m.bias), m.bias)
     return list(found.values())
 
@@ -795,6 +801,7 @@ class BlockReconstruction:
             for q in acts:
                 q.drop_prob = 0.
             for b, (_, grad) in zip(biases, bias_state):
+                b.grad = None  # nothing left for a later optimizer
                 b.requires_grad_(grad)
             undecided = _undecided_share([ada for _, ada in rounders])
             for (m, ada) in rounders:
