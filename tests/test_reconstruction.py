@@ -750,19 +750,10 @@ class _TowerHead(nn.Module):
         return torch.cat(outs, 1)
 
 
-class _TowerModel(nn.Module):
-
-    def __init__(self):
-        super().__init__()
-        self.head = _TowerHead()
-
-    def forward(self, x):
-        return self.head(x)
-
-
 def test_a_chain_is_one_unit_fitted_on_the_towers_output():
     from mmddaq.quantization.reconstruction import Chain, _capture
-    fp = _TowerModel().eval()
+    from collections import OrderedDict
+    fp = nn.Sequential(OrderedDict(head=_TowerHead())).eval()
     gen = torch.Generator().manual_seed(2)
     batches = [torch.randn(8, 8, 8, 8, generator=gen) for _ in range(3)]
     q = _quantize(copy.deepcopy(fp), 3, batches, call_sites={'head': 2})
