@@ -453,6 +453,10 @@ def test_post_training_ab_restores_the_trained_model(tiny_fp_checkpoint,
     assert all(0 < r['post_training_seconds'] < r['seconds'] for r in rows)
     ab.main(argv)  # finished rows are skipped
     assert len(json.load(open(out))) == len(rows)
+    # a tagged run (e.g. other --cfg-options) gets rows of its own
+    ab.main(argv[:8] + ['--variant', 'base', '{}', '--tag=-t'])
+    assert [r['method'] for r in json.load(open(out))[len(rows):]] == \
+        ['ddaq-t']
     with pytest.raises(SystemExit):
         ab.parse_args(['--suite', 'digits', '--out', out,
                        '--variant', 'x', '[1, 2]'])
@@ -487,3 +491,29 @@ def test_speed_suite_times_each_given_method(tmp_path, monkeypatch):
     assert seen == [(False, 1), (False, 2), (True, 2)]
     with pytest.raises(ValueError, match='"fp" is not one'):
         bench.main(common + ['--methods', 'fp'])
+
+
+def test_w8a8_names_the_methods_it_skips_and_w8a4_runs_them(
+        tmp_path, monkeypatch, capsys):
+    from mmengine.config import Config
+    bench = _benchmark_module()
+    ran = []
+
+    def fake_config(suite, method, opts):
+        return Config(dict(model=dict(generator=None),
+                           train_cfg=dict(max_iters=4, warmup_iters=4)))
+
+    def fake_run(cfg, work_dir, run):
+        ran.append(run)
+        return {'accuracy/top1': 50., 'seconds': 1.}
+
+    monkeypatch.setattr(bench, 'prepare_suite', lambda suite: 'fp.pth')
+    monkeypatch.setattr(bench, 'method_config', fake_config)
+    monkeypatch.setattr(bench, 'train_and_test', fake_run)
+    common = ['--suite', 'digits', '--seeds', '0', '--methods', 'ptq',
+              'genie', '--out', str(tmp_path / 'rows.json'), '--bits', '8']
+    bench.main(common)
+    assert ran == ['ptq_w8a8_s0']
+    assert 'genie is not run at W8A8' in capsys.readouterr().out
+    bench.main(common + ['--a-bits', '4'])
+    assert ran[1:] == ['ptq_w8a4_s0', 'genie_w8a4_s0']

@@ -337,7 +337,8 @@ def test_post_training_hook_end_to_end(tiny_fp_checkpoint, tmp_path):
                             act=dict(type='mmddaq.MSEObserver')),
              bias_correction=True,
              reconstruction=dict(type='mmddaq.BlockReconstruction', iters=4,
-                                 batch_size=4))
+                                 batch_size=4),
+             output_tuning=dict(type='mmddaq.OutputTuning', iters=2))
     ]
     metrics = train_and_test(cfg, str(tmp_path / 'run'), 'run')
     with open(tmp_path / 'run' / 'last_checkpoint') as f:

@@ -508,11 +508,15 @@ def run_suite(args):
         if method == 'fp' or method not in suite['methods']:
             continue
         for bits in args.bits:
-            if bits == 8 and method not in suite['methods_8bit']:
+            a_bits = args.a_bits or bits
+            if bits == 8 and a_bits == 8 and \
+                    method not in suite['methods_8bit']:
+                print(f'[benchmark] {name}: {method} is not run at W8A8 '
+                      f'(the suite runs {", ".join(suite["methods_8bit"])} '
+                      'there)')
                 continue
             label = method + args.tag + ('-heads-a8' if args.heads_a8
                                           else '')
-            a_bits = args.a_bits or bits
             for seed in args.seeds:
                 if _done(rows, name, label, bits, seed, args.split, a_bits):
                     continue

@@ -19,7 +19,8 @@ A variant is a dict of ``PostTrainingHook`` arguments. A dict value without
 a ``type`` (e.g. ``reconstruction``'s ``iters``) updates the config's
 value; any other value replaces it. Rows are appended to ``--out`` in
 ``tools/benchmark.py``'s format (method ``<method>-<variant>``; the variant
-``base`` keeps the method's name), finished rows are skipped, and
+``base`` keeps the method's name; ``--tag`` is appended to the method's
+name), finished rows are skipped, and
 ``seconds`` is the training plus that variant's post-training time.
 Summarise with ``python tools/benchmark.py --report OUT``.
 """
@@ -63,6 +64,9 @@ def parse_args(argv=None):
     parser.add_argument('--work-root', default='work_dirs/post_training_ab')
     parser.add_argument('--cfg-options', nargs='+', default=[],
                         help='KEY=VALUE overrides of the trained config')
+    parser.add_argument('--tag', default='',
+                        help='suffix of the method name in the rows (e.g. '
+                        '"-dis0.3" for a run with --cfg-options)')
     args = parser.parse_args(argv)
     args.variants = {}
     for name, text in args.variant:
@@ -113,8 +117,9 @@ def run(args) -> list:
     fp_ckpt = bench.prepare_suite(suite)
     user_opts = bench._parse_options(args.cfg_options)
     for seed in args.seeds:
+        method = args.method + args.tag
         todo = [v for v in args.variants
-                if not bench._done(rows, args.suite, label(args.method, v),
+                if not bench._done(rows, args.suite, label(method, v),
                                    args.bits, seed, args.split)]
         if not todo:
             continue
@@ -129,7 +134,7 @@ def run(args) -> list:
         if user_opts:
             cfg.merge_from_dict(user_opts)
         post = split_post_training(cfg)
-        name = f'{args.method}_w{args.bits}a{args.bits}_s{seed}_{args.split}'
+        name = f'{method}_w{args.bits}a{args.bits}_s{seed}_{args.split}'
         runner = build_runner(cfg, osp.join(args.work_root, args.suite, name),
                               name)
         start = time.perf_counter()
@@ -149,12 +154,12 @@ def run(args) -> list:
             seconds = trained + post_seconds
             metrics = dict(run_test(runner),
                            post_training_seconds=post_seconds)
-            method = label(args.method, variant)
-            for row in bench.result_rows(args.suite, suite, method,
+            row_method = label(method, variant)
+            for row in bench.result_rows(args.suite, suite, row_method,
                                          args.bits, args.bits, seed, metrics,
                                          seconds, args.split):
                 rows.append(row)
-                print(f'[post-training A/B] {args.suite} {method} seed '
+                print(f'[post-training A/B] {args.suite} {row_method} seed '
                       f'{seed}: {row["metric"]} = {row["value"]:.4f} '
                       f'({seconds:.0f} s)', flush=True)
             bench._save_rows(args.out, rows)

@@ -33,7 +33,9 @@ class PostTrainingHook(Hook):
        ``bias_correction=True`` each layer's output mean shift is removed;
     3. *refinement*: ``reconstruction`` (e.g.
        ``dict(type='mmddaq.BlockReconstruction')``) learns rounding and
-       activation steps block by block.
+       activation steps block by block; then ``output_tuning`` (e.g.
+       ``dict(type='mmddaq.OutputTuning')``) learns the activation steps of
+       the whole model against the task's output error.
 
     The result is saved as the run's last checkpoint (same file name as the
     final training checkpoint, which it supersedes), so ``tools/test.py``
@@ -54,6 +56,9 @@ class PostTrainingHook(Hook):
             for the activation ranges (e.g. ``mmddaq.GaussianSamples``
             while the generator's samples drive reconstruction); ``None``
             (default): the pool.
+        output_tuning (dict, optional): A last refinement on the pool
+            against the task adapter's ``distill_loss``
+            (``mmddaq.OutputTuning``); ``None`` (default): none.
     """
 
     priority = 'LOW'
@@ -66,7 +71,8 @@ class PostTrainingHook(Hook):
                  calibrate: bool = True,
                  bias_correction: bool = False,
                  reconstruction: Optional[dict] = None,
-                 calibration_samples: Optional[dict] = None) -> None:
+                 calibration_samples: Optional[dict] = None,
+                 output_tuning: Optional[dict] = None) -> None:
         if num_samples < 1 or batch_size < 1:
             raise ValueError('num_samples and batch_size must be >= 1')
         self.observers = dict(observers or {})
@@ -88,6 +94,8 @@ class PostTrainingHook(Hook):
             raise ValueError('calibration_samples needs calibrate=True')
         self.calibration_samples = SAMPLE_SOURCES.build(
             calibration_samples) if calibration_samples else None
+        self.output_tuning = MODELS.build(output_tuning) \
+            if output_tuning else None
 
     def after_train(self, runner) -> None:
         start = time.perf_counter()
@@ -125,6 +133,16 @@ class PostTrainingHook(Hook):
                 path = osp.join(runner.log_dir, 'reconstruction_error.png')
                 plot_reconstruction(results, path)
                 logger.info(f'Per-block output error before/after: {path}')
+        if self.output_tuning is not None:
+            result = self.output_tuning(
+                fp, q, forward, batches,
+                output_loss=getattr(model.adapter, 'distill_loss', None))
+            logger.info(
+                f'Output tuning of {result["steps"]} activation steps: '
+                f'held-out output loss {result["loss_before"]:.4g} -> '
+                f'{result["loss_after"]:.4g}'
+                f'{"" if result["kept"] else " (reverted)"}')
+            runner.message_hub.update_info('output_tuning', result)
         runner.message_hub.update_info('post_training_seconds',
                                        time.perf_counter() - start)
         self._save(runner)
