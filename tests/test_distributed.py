@@ -327,3 +327,39 @@ def test_train_tool_accepts_both_launchers(monkeypatch):
     for launcher in ('pytorch', 'slurm'):
         args = train_tool.parse_args(['cfg.py', '--launcher', launcher])
         assert args.launcher == launcher
+
+
+def _output_tuning_worker(rank, port, out_dir):
+    import copy
+    from test_output_tuning import coarse_model, mse
+    from mmddaq.quantization import OutputTuning, activation_quantizers
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    torch_dist.init_process_group('gloo', rank=rank, world_size=2)
+    try:
+        fp, q, _, _ = coarse_model()  # the same model on both ranks
+        gen = torch.Generator().manual_seed(10 + rank)  # pools differ
+        pool = [torch.randn(8, 3, 12, 12, generator=gen) for _ in range(4)]
+        torch.manual_seed(rank)
+        result = OutputTuning(iters=8, act_lr=1e-2, log_interval=0)(
+            fp, q, lambda m, b: m(b), pool, output_loss=mse)
+        alone = copy.deepcopy(q)
+        torch.save(dict(result=result, ranges=[
+            (a.observer.min_val.clone(), a.observer.max_val.clone())
+            for a in activation_quantizers(alone)
+        ]), f'{out_dir}/tuned{rank}.pth')
+    finally:
+        torch_dist.destroy_process_group()
+
+
+def test_output_tuning_ends_with_the_same_model_on_every_rank(tmp_path):
+    mp.spawn(_output_tuning_worker, args=(free_port(), str(tmp_path)),
+             nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f'tuned{r}.pth', weights_only=False)
+              for r in range(2))
+    assert r0['result']['kept'] == r1['result']['kept']
+    assert r0['result']['loss_after'] == r1['result']['loss_after']
+    for (lo0, hi0), (lo1, hi1) in zip(r0['ranges'], r1['ranges']):
+        assert torch.equal(lo0, lo1) and torch.equal(hi0, hi1)
+    # the ranks did tune (the ranges moved from their coarse start)
+    assert r0['result']['kept']

@@ -17,7 +17,8 @@ it costs one training per seed instead of one per variant.
 
 A variant is a dict of ``PostTrainingHook`` arguments. A dict value without
 a ``type`` (e.g. ``reconstruction``'s ``iters``) updates the config's
-value; any other value replaces it. Rows are appended to ``--out`` in
+value; any other value replaces it (so a stage the config lacks, e.g.
+``output_tuning``, needs its ``type``). Rows are appended to ``--out`` in
 ``tools/benchmark.py``'s format (method ``<method>-<variant>``; the variant
 ``base`` keeps the method's name; ``--tag`` is appended to the method's
 name), finished rows are skipped, and

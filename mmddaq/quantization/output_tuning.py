@@ -10,6 +10,7 @@ from mmengine.logging import print_log
 from torch import nn
 
 from mmddaq.registry import MODELS
+from mmddaq.utils.dist import all_reduce_mean_, world_size
 from .model_quantizer import (activation_quantizers, observation_disabled,
                               quantized_layers)
 from .quantizers import quantize_weights_once
@@ -53,13 +54,17 @@ class OutputTuning:
     layers' biases too. The steps are baked back into the ranges, so the
     model keeps its structure and exports as before. The pool's last
     batches (``holdout``) judge the result: if their output loss does not
-    go down, every step and bias is put back.
+    go down, every step and bias is put back (also when the optimisation
+    fails). Data-parallel ranks average their gradients and judge on the
+    mean of their held-out losses, so they end with the same model.
 
     Args:
         iters (int): Optimisation steps, one pool batch each. Defaults to
             200.
-        act_lr (float): Adam learning rate of the steps, cosine-annealed to
-            0. Defaults to 1e-3.
+        act_lr (float): Adam learning rate of the steps (absolute, as
+            ``BlockReconstruction``'s ``act_lr``: Adam moves a step by about
+            this much per iteration, suited to 4-bit steps), cosine-annealed
+            to 0. Defaults to 1e-3.
         bias_lr (float, optional): Also learn the quantized layers' biases
             with this learning rate. Defaults to None (steps only).
         holdout (float): Share of the pool's batches kept out of the fit
@@ -160,28 +165,42 @@ class OutputTuning:
                       if m.bias is not None] if self.bias_lr else []
             bias_state = [(b.detach().clone(), b.requires_grad)
                           for b in biases]
+
+            @torch.no_grad()
+            def put_back():
+                for q, (lo, hi) in zip(learned_here, ranges):
+                    q.observer.min_val.copy_(lo)
+                    q.observer.max_val.copy_(hi)
+                    q._host.pop('qparams', None)
+                for q, value in configured:
+                    q.scale.copy_(value)
+                for b, (value, _) in zip(biases, bias_state):
+                    b.copy_(value)
+
             try:
                 self._optimise(run, output_loss, fit, steps, biases)
+            except BaseException:
+                for q in learned_here:
+                    q.bake_learned_step()
+                put_back()
+                raise
             finally:
                 for b, (_, grad) in zip(biases, bias_state):
                     b.grad = None
                     b.requires_grad_(grad)
-                for s in steps:
-                    s.grad = None
-                for q in learned_here:
-                    q.bake_learned_step()
+                for p in steps:
+                    p.grad = None
+            for q in learned_here:
+                q.bake_learned_step()
             after = self._loss_on(run, output_loss, judge)
+            # data-parallel ranks judge on the mean of their pools, so they
+            # keep or put back alike
+            losses = torch.tensor([before, after], dtype=torch.float64)
+            all_reduce_mean_([losses])
+            before, after = losses.tolist()
             kept = after < before
             if not kept:
-                with torch.no_grad():
-                    for q, (lo, hi) in zip(learned_here, ranges):
-                        q.observer.min_val.copy_(lo)
-                        q.observer.max_val.copy_(hi)
-                        q._host.pop('qparams', None)
-                    for q, value in configured:
-                        q.scale.copy_(value)
-                    for b, (value, _) in zip(biases, bias_state):
-                        b.copy_(value)
+                put_back()
                 after = before
         return dict(loss_before=before, loss_after=after, kept=kept,
                     steps=len(steps), biases=len(biases),
@@ -208,6 +227,13 @@ class OutputTuning:
             loss = output_loss(*run(fit[order[it % len(fit)]]))
             optimizer.zero_grad(set_to_none=True)
             loss.backward(inputs=params)
+            if world_size() > 1:
+                # data-parallel ranks learn the same steps from all their
+                # pools (a step unused on one rank, e.g. without RoIs, adds 0)
+                for p in params:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                all_reduce_mean_([p.grad for p in params])
             optimizer.step()
             schedule.step()
             value = float(loss.detach())
