@@ -57,5 +57,8 @@ custom_hooks = [
          # 1e-3: chosen on the frozen-BN RetinaNet's tune split (Round 10)
          reconstruction=dict(
              type='mmddaq.BlockReconstruction', iters=300, batch_size=8,
-             round_lr=0.05, act_lr=1e-3, focus=0.05)),
+             round_lr=0.05, act_lr=1e-3, focus=0.05),
+         # as the frozen-BN RetinaNet (Round 17): activation steps tuned
+         # against the RPN + RoI-head KD (not measured on this detector)
+         output_tuning=dict(type='mmddaq.OutputTuning')),
 ]

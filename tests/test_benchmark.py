@@ -111,6 +111,11 @@ def test_derived_methods_share_the_configs_range_source():
         assert post(method)['reconstruction']['focus'] > 0
     assert 'calibration_samples' not in post('ptq-mse')
     assert post('ptq-mse')['reconstruction'] is None
+    # the refinement after reconstruction goes with it: the methods that
+    # reconstruct keep it, calibration alone has none
+    for method in ('ddaq', 'genie', 'qdrop-real'):
+        assert post(method)['output_tuning']['type'] == 'mmddaq.OutputTuning'
+    assert post('ptq-mse')['output_tuning'] is None
     # the real-data upper bound fits its ranges to its real pool, not to
     # the data-free method's Gaussian noise
     real = post('qdrop-real')

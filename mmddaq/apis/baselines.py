@@ -66,7 +66,7 @@ def post_training_hook(cfg: Config, samples: dict,
                        reconstruction: bool = True) -> dict:
     """The config's :class:`PostTrainingHook` (or the default one) with
     ``samples``, its range search (MSE for both roles if it has none) and,
-    if asked, block reconstruction."""
+    if asked, its refinement (block reconstruction, output tuning)."""
     hook = next((copy.deepcopy(h) for h in cfg.get('custom_hooks') or []
                  if _hook_type(h) == POST_TRAINING),
                 dict(type='mmddaq.PostTrainingHook', num_samples=256,
@@ -77,7 +77,9 @@ def post_training_hook(cfg: Config, samples: dict,
     hook['observers'] = copy.deepcopy(hook.get('observers') or MSE_OBSERVERS)
     hook['calibrate'] = True
     if not reconstruction:
+        # calibration only: no refinement stage at all
         hook['reconstruction'] = None
+        hook['output_tuning'] = None
     elif not hook.get('reconstruction'):
         hook['reconstruction'] = dict(type='mmddaq.BlockReconstruction')
     return hook
