@@ -104,3 +104,23 @@ def test_output_tuning_refuses_what_it_cannot_tune():
                 dict(holdout=1.)):
         with pytest.raises(ValueError):
             OutputTuning(**bad)
+
+
+def test_a_failed_tuning_puts_everything_back(monkeypatch):
+    fp, q, batches, _ = coarse_model(factor=1.)
+    before = {k: v.clone() for k, v in q.state_dict().items()}
+
+    def fail_halfway(self, run, output_loss, fit, steps, biases):
+        with torch.no_grad():
+            for s in steps:
+                s.mul_(2.)
+        raise RuntimeError('out of memory')
+
+    monkeypatch.setattr(OutputTuning, '_optimise', fail_halfway)
+    with pytest.raises(RuntimeError, match='out of memory'):
+        OutputTuning()(fp, q, lambda m, b: m(b), batches, output_loss=mse)
+    after = q.state_dict()
+    assert set(after) == set(before)
+    for k, v in before.items():
+        assert torch.equal(after[k], v), k
+    assert not any(a.learnable for a in activation_quantizers(q))

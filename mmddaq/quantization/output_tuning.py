@@ -117,8 +117,7 @@ class OutputTuning:
 
     def __call__(self, fp_model: nn.Module, q_model: nn.Module,
                  forward: Forward, batches: Sequence[torch.Tensor],
-                 output_loss: Optional[Callable] = None,
-                 **kwargs) -> dict:
+                 output_loss: Optional[Callable] = None) -> dict:
         """Tune ``q_model``'s activation steps in place.
 
         Args:
@@ -130,8 +129,6 @@ class OutputTuning:
             batches (Sequence[Tensor]): The sample pool, in batches.
             output_loss (Callable): ``output_loss(fp_output, q_output)``
                 (a task adapter's ``distill_loss``).
-            **kwargs: Ignored (what other refinements take, e.g.
-                ``score_map``).
 
         Returns:
             dict: ``loss_before`` and ``loss_after`` (mean output loss on
@@ -177,21 +174,20 @@ class OutputTuning:
                 for b, (value, _) in zip(biases, bias_state):
                     b.copy_(value)
 
+            failed = True
             try:
                 self._optimise(run, output_loss, fit, steps, biases)
-            except BaseException:
-                for q in learned_here:
-                    q.bake_learned_step()
-                put_back()
-                raise
+                failed = False
             finally:
                 for b, (_, grad) in zip(biases, bias_state):
                     b.grad = None
                     b.requires_grad_(grad)
                 for p in steps:
                     p.grad = None
-            for q in learned_here:
-                q.bake_learned_step()
+                for q in learned_here:
+                    q.bake_learned_step()
+                if failed:
+                    put_back()
             after = self._loss_on(run, output_loss, judge)
             # data-parallel ranks judge on the mean of their pools, so they
             # keep or put back alike
