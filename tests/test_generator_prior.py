@@ -243,7 +243,8 @@ def test_post_training_calibrates_on_its_own_sample_source(tmp_path,
         samples=dict(type='mmddaq.GaussianSamples'), num_samples=2,
         calibration_samples=dict(type='_SevensForTest'))
     hub = MessageHub.get_instance('test_post_training_calibration')
-    runner = SimpleNamespace(model=model, message_hub=hub,
+    runner = SimpleNamespace(model=model, message_hub=hub, seed=0,
+                             work_dir=str(tmp_path),
                              logger=MMLogger.get_current_instance())
     hook.after_train(runner)
     assert len(seen) == 1 and bool((seen[0] == 7.).all())

@@ -17,7 +17,8 @@ from mmddaq.quantization import (ActivationQuantizer, AdaRoundQuantizer,
                                  step_activation_observers)
 from mmddaq.quantization.observers import (MSEObserver, lp_range_search,
                                            minmax)
-from mmddaq.quantization.reconstruction import (reconstruction_units,
+from mmddaq.quantization.reconstruction import (ReconstructionState,
+                                                reconstruction_units,
                                                 site_weights)
 
 
@@ -347,6 +348,8 @@ def test_post_training_hook_end_to_end(tiny_fp_checkpoint, tmp_path):
                             str(tmp_path / 'test'), 'test')
     assert again['accuracy/top1'] == metrics['accuracy/top1']
     assert list((tmp_path / 'run').rglob('reconstruction_error.png'))
+    # the progress file goes once the result is saved
+    assert not list((tmp_path / 'run').rglob('reconstruction_state.pth*'))
     state = __import__('torch').load(ckpt, weights_only=False)['state_dict']
     assert any(k.endswith('weight_quantizer.fixed_scale') and v.numel()
                for k, v in state.items())
@@ -811,3 +814,128 @@ def test_learned_biases_absorb_a_mean_shift():
             assert q.fc.bias.grad is None
     for name in ('block1', 'fc'):
         assert errors[5e-2][name] < 0.1 * errors[None][name], name
+
+
+def _interrupted_after(monkeypatch, done):
+    """Make ``BlockReconstruction`` fail in unit ``done + 1``."""
+    real = BlockReconstruction.reconstruct_unit
+    calls = []
+
+    def failing(self, *args, **kwargs):
+        if len(calls) == done:
+            raise RuntimeError('interrupted')
+        calls.append(args[2])
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(BlockReconstruction, 'reconstruct_unit', failing)
+    return calls
+
+
+def test_an_interrupted_reconstruction_resumes_to_the_same_model(
+        monkeypatch, tmp_path):
+    fp = _trained_tiny_resnet()
+    gen = torch.Generator().manual_seed(3)
+    batches = [torch.randn(16, 3, 12, 12, generator=gen) for _ in range(2)]
+    start = _quantize(copy.deepcopy(fp), 3, batches)
+    recon = BlockReconstruction(iters=6, batch_size=8)  # QDrop: random
+    run = lambda m, b: m(b)
+
+    torch.manual_seed(5)
+    whole = copy.deepcopy(start)
+    expected = recon(fp, whole, run, batches)
+
+    state = str(tmp_path / 'state.pth')
+    with monkeypatch.context() as patch:
+        done = _interrupted_after(patch, 2)
+        torch.manual_seed(5)
+        with pytest.raises(RuntimeError, match='interrupted'):
+            recon(fp, copy.deepcopy(start), run, batches, state_file=state)
+    assert done == ['stem.0', 'block1']
+    # started again from the same model and pool, the random stream is
+    # elsewhere: the finished units are skipped, the rest replayed exactly
+    torch.manual_seed(123)
+    again = copy.deepcopy(start)
+    resumed = recon(fp, again, run, batches, state_file=state)
+    assert [r['name'] for r in resumed] == [r['name'] for r in expected]
+    for a, b in zip(resumed, expected):
+        assert a['error_after'] == pytest.approx(b['error_after'], rel=1e-6)
+    for k, v in whole.state_dict().items():
+        assert torch.equal(again.state_dict()[k], v), k
+    ReconstructionState.remove(state)
+    assert not (tmp_path / 'state.pth').exists()
+
+
+def test_a_state_left_by_another_pool_is_kept_aside_not_used(
+        monkeypatch, tmp_path):
+    fp = _trained_tiny_resnet()
+    gen = torch.Generator().manual_seed(3)
+    pool_a = [torch.randn(16, 3, 12, 12, generator=gen) for _ in range(2)]
+    pool_b = [x + 0.1 for x in pool_a]
+    start = _quantize(copy.deepcopy(fp), 3, pool_a)
+    recon = BlockReconstruction(iters=3, batch_size=8)
+    run = lambda m, b: m(b)
+    state = tmp_path / 'state.pth'
+    with monkeypatch.context() as patch:
+        _interrupted_after(patch, 1)
+        with pytest.raises(RuntimeError):
+            recon(fp, copy.deepcopy(start), run, pool_a,
+                  state_file=str(state))
+    left = state.read_bytes()
+
+    torch.manual_seed(0)
+    fresh = copy.deepcopy(start)
+    expected = recon(fp, fresh, run, pool_b)
+    torch.manual_seed(0)
+    other = copy.deepcopy(start)
+    results = recon(fp, other, run, pool_b, state_file=str(state))
+    assert len(results) == len(expected)
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(other.state_dict()[k], v), k
+    # nothing the earlier run left is lost
+    assert (tmp_path / 'state.pth.stale').read_bytes() == left
+    # other settings make another reconstruction too; earlier leftovers
+    # are not overwritten
+    BlockReconstruction(iters=4, batch_size=8)(
+        fp, copy.deepcopy(start), run, pool_b, state_file=str(state))
+    assert (tmp_path / 'state.pth.stale').read_bytes() == left
+    assert (tmp_path / 'state.pth.stale.1').exists()
+
+
+def test_a_run_stopped_in_reconstruction_resumes_it(tiny_fp_checkpoint,
+                                                    tmp_path, monkeypatch):
+    """``--resume`` after a crash in reconstruction: the finished blocks
+    are not redone and the model ends as the uninterrupted run's."""
+    from conftest import DDAQ_CONFIG, tiny_ddaq_options
+    from mmddaq.apis import build_runner, load_config
+    from mmddaq.engine.hooks.utils import algorithm_of
+
+    def config(resume=False):
+        cfg = load_config(DDAQ_CONFIG, tiny_ddaq_options(
+            tiny_fp_checkpoint, max_iters=3, warmup=1, calib=2))
+        cfg.custom_hooks = cfg.custom_hooks + [
+            dict(type='mmddaq.PostTrainingHook', num_samples=16,
+                 batch_size=8,
+                 reconstruction=dict(type='mmddaq.BlockReconstruction',
+                                     iters=3, batch_size=4))
+        ]
+        cfg.resume = resume
+        return cfg
+
+    whole = build_runner(config(), str(tmp_path / 'whole'), 'whole')
+    whole.train()
+    units = len(whole.message_hub.get_info('reconstruction'))
+    with monkeypatch.context() as patch:
+        _interrupted_after(patch, 2)
+        with pytest.raises(RuntimeError, match='interrupted'):
+            build_runner(config(), str(tmp_path / 'run'), 'run').train()
+    assert (tmp_path / 'run' / 'reconstruction_state.pth').exists()
+    with monkeypatch.context() as patch:
+        redone = _interrupted_after(patch, units)  # counts, never fails
+        resumed = build_runner(config(resume=True), str(tmp_path / 'run'),
+                               'again')
+        resumed.train()
+    assert len(redone) == units - 2
+    assert not (tmp_path / 'run' / 'reconstruction_state.pth').exists()
+    expected = algorithm_of(whole).quantized.state_dict()
+    for k, v in algorithm_of(resumed).quantized.state_dict().items():
+        assert torch.equal(v, expected[k]), k

@@ -16,8 +16,9 @@ class AlgorithmSamples:
 
     That is the trained generator (``sample_source='generator'``), Gaussian
     noise (``'gaussian'``) or the distilled pool (``'pool'``) of the
-    :class:`~mmddaq.models.DDAQ` model. Generator batches are drawn with
-    the generator in training mode (batch statistics, as it was trained).
+    :class:`~mmddaq.models.DDAQ` model. Generator batches are drawn in
+    the mode the algorithm is in; ``PostTrainingHook`` puts it in eval
+    mode (the generator's running BN statistics).
     """
 
     @torch.no_grad()

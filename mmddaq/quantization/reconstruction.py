@@ -8,17 +8,23 @@ time are captured with forward hooks while the whole models run on the
 pool, so memory holds one block's data, not the whole network's.
 """
 import contextlib
+import hashlib
 import inspect
+import io
 import math
+import os
+import os.path as osp
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from mmengine.dist import get_dist_info
 from mmengine.logging import print_log
 from torch import nn
 from torch.nn import functional as F
 
 from mmddaq.registry import MODELS
+from mmddaq.utils.atomic_io import atomic_write_bytes
 from mmddaq.utils.nested import flatten_tensors
 from .adaround import AdaRoundQuantizer, TemperatureDecay
 from .model_quantizer import (activation_quantizers, observation_disabled,
@@ -544,6 +550,13 @@ class BlockReconstruction:
     error on the pool ends higher than with nearest rounding is put back
     as it was (``kept=False`` in the results).
 
+    With a ``state_file``, the quantized model's state is saved there after
+    every unit; a later call on the same starting model and pool (an
+    interrupted run started again, e.g. ``tools/train.py --resume``)
+    continues after the last finished unit and ends as the uninterrupted
+    run would. A state left by a different model or pool is not used (it
+    is kept as ``<state_file>.stale``).
+
     Args:
         iters (int): Optimisation steps per unit. Defaults to 500.
         batch_size (int): Samples per step. Defaults to 32.
@@ -680,7 +693,8 @@ class BlockReconstruction:
                  forward: Forward,
                  batches: Sequence[torch.Tensor],
                  score_map: Optional[Callable] = None,
-                 output_loss: Optional[Callable] = None) -> List[dict]:
+                 output_loss: Optional[Callable] = None,
+                 state_file: Optional[str] = None) -> List[dict]:
         """Reconstruct every unit of ``q_model`` in place.
 
         Args:
@@ -697,6 +711,9 @@ class BlockReconstruction:
             output_loss (Callable, optional): ``output_loss(fp_output,
                 q_output)``, the output error ``sensitivity`` is measured
                 with (a task adapter's ``distill_loss``).
+            state_file (str, optional): Where to keep the progress (see
+                the class docs); the caller removes it once the result is
+                saved. ``None`` (default): no resuming.
 
         Returns:
             list[dict]: Per unit: ``name``, ``error_before`` and
@@ -717,12 +734,20 @@ class BlockReconstruction:
                                          units, output_loss,
                                          self.sensitivity)
         results = []
+        progress = None
+        if state_file is not None:
+            progress = ReconstructionState(state_file, units, q_model,
+                                           batches, self.settings())
+            results = progress.resume(q_model)
         start = time.perf_counter()
-        for i, name in enumerate(units):
+        for i in range(len(results), len(units)):
+            name = units[i]
             result = self.reconstruct_unit(fp_model, q_model, name, forward,
                                            batches, maps,
                                            unit_maps.get(name))
             results.append(result)
+            if progress is not None:
+                progress.save(q_model, results)
             if self.log_interval and (i + 1) % self.log_interval == 0:
                 print_log(
                     f'Reconstruction block {i + 1}/{len(units)} {name}: '
@@ -734,6 +759,10 @@ class BlockReconstruction:
                     f'{time.perf_counter() - start:.0f} s total)',
                     logger='current')
         return results
+
+    def settings(self) -> dict:
+        """The options that decide the result (a resumed run must match)."""
+        return {k: v for k, v in vars(self).items() if k != 'log_interval'}
 
     @torch.no_grad()
     def _focus_maps(self, fp_model, forward, batches, score_map):
@@ -884,6 +913,112 @@ class BlockReconstruction:
             m.weight_quantizer = quantizer
 
 
+class ReconstructionState:
+    """The progress of a :class:`BlockReconstruction` run, kept in a file.
+
+    After each unit the quantized model's state dict, the results so far
+    and the random number generators' states are written (atomically) to
+    ``path``, tagged with a fingerprint of what the run started from: the
+    unit names, the reconstruction's settings, the quantized model's state
+    before the first unit and the sample pool. A later run resumes from
+    the file only when its fingerprint is the same; otherwise the file is
+    moved aside to ``<path>.stale`` (``.stale.1``, ... when that exists)
+    and the run starts afresh. Data-parallel
+    ranks each keep their own file (``<path>.rank<r>``).
+
+    Args:
+        path (str): The state file.
+        units (list[str]): The units, in the order they are reconstructed.
+        q_model (nn.Module): The quantized model before the first unit.
+        batches (Sequence[Tensor]): The sample pool.
+        settings (dict): The reconstruction's options.
+    """
+
+    def __init__(self, path: str, units: Sequence[str], q_model: nn.Module,
+                 batches: Sequence[torch.Tensor], settings: dict) -> None:
+        self.path = self.path_for(path)
+        self.units = list(units)
+        model = hashlib.sha1()
+        for key, value in q_model.state_dict().items():
+            model.update(key.encode())
+            _hash_tensor(model, value)
+        pool = hashlib.sha1()
+        for x in batches:
+            _hash_tensor(pool, x)
+        #: what the run started from, by part (a mismatch names the part)
+        self.fingerprint = dict(
+            units=hashlib.sha1(repr(self.units).encode()).hexdigest(),
+            settings=hashlib.sha1(
+                repr(sorted(settings.items())).encode()).hexdigest(),
+            model=model.hexdigest(), pool=pool.hexdigest())
+
+    def resume(self, q_model: nn.Module) -> List[dict]:
+        """Load a matching state into ``q_model``; the finished units'
+        results (empty when there is nothing to resume)."""
+        if not osp.exists(self.path):
+            return []
+        state = torch.load(self.path, map_location='cpu', weights_only=False)
+        left = state.get('fingerprint') or {}
+        differ = [k for k, v in self.fingerprint.items() if left.get(k) != v]
+        if differ:
+            stale, n = self.path + '.stale', 0
+            while osp.exists(stale):  # never overwrite an earlier one
+                n += 1
+                stale = f'{self.path}.stale.{n}'
+            os.replace(self.path, stale)
+            print_log(
+                f'{self.path} was left by a reconstruction with another '
+                f'{", ".join(differ)} (blocks, quantized model before '
+                f'reconstruction, sample pool, options): not resumed, '
+                f'kept as {stale}',
+                logger='current', level=30)
+            return []
+        q_model.load_state_dict(state['model'])
+        torch.set_rng_state(state['rng'])
+        if state.get('cuda_rng') is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state['cuda_rng'])
+        results = list(state['results'])
+        print_log(f'Reconstruction resumed from {self.path}: '
+                  f'{len(results)}/{len(self.units)} blocks done',
+                  logger='current')
+        return results
+
+    def save(self, q_model: nn.Module, results: List[dict]) -> None:
+        """Write the state after ``len(results)`` finished units."""
+        buffer = io.BytesIO()
+        torch.save(
+            dict(fingerprint=self.fingerprint, units=self.units,
+                 results=list(results),
+                 model={k: v.detach().cpu()
+                        for k, v in q_model.state_dict().items()},
+                 rng=torch.get_rng_state(),
+                 cuda_rng=torch.cuda.get_rng_state_all()
+                 if torch.cuda.is_available() else None), buffer)
+        atomic_write_bytes(self.path, buffer.getvalue())
+
+    @staticmethod
+    def path_for(path: str) -> str:
+        """This process's file: ``path``, or ``<path>.rank<r>`` when
+        several processes run."""
+        rank, world = get_dist_info()
+        return path if world == 1 else f'{path}.rank{rank}'
+
+    @classmethod
+    def remove(cls, path: str) -> None:
+        """Delete this process's file of ``path`` (once the finished
+        result is saved elsewhere)."""
+        mine = cls.path_for(path)
+        if osp.exists(mine):
+            os.remove(mine)
+
+
+def _hash_tensor(digest, t: torch.Tensor) -> None:
+    t = t.detach().cpu().contiguous()
+    digest.update(str((t.dtype, tuple(t.shape))).encode())
+    if t.numel():
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
 @torch.no_grad()
 def correct_bias(fp_model: nn.Module, q_model: nn.Module, forward: Forward,
                  batches: Sequence[torch.Tensor]) -> Dict[str, float]:
@@ -969,6 +1104,6 @@ def _bn_after_each_layer(model: nn.Module, run, layer_names) -> Dict[str,
     return mapping
 
 
-__all__ = ['BlockReconstruction', 'call_site', 'correct_bias',
-           'execution_order', 'focus_weights', 'site_weights',
+__all__ = ['BlockReconstruction', 'ReconstructionState', 'call_site',
+           'correct_bias', 'execution_order', 'focus_weights', 'site_weights',
            'reconstruction_units', 'DEFAULT_BLOCK_TYPES']

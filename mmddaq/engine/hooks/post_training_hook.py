@@ -12,7 +12,8 @@ from mmddaq.quantization import (activation_quantizers,
                                  quantized_layers, step_activation_observers)
 from mmddaq.quantization.observers import (all_reduce_pending,
                                            broadcast_ranges, build_observer)
-from mmddaq.quantization.reconstruction import correct_bias
+from mmddaq.quantization.reconstruction import (ReconstructionState,
+                                                correct_bias)
 from mmddaq.registry import HOOKS, MODELS, SAMPLE_SOURCES
 from .utils import algorithm_of
 
@@ -39,7 +40,10 @@ class PostTrainingHook(Hook):
 
     The result is saved as the run's last checkpoint (same file name as the
     final training checkpoint, which it supersedes), so ``tools/test.py``
-    evaluates the refined model.
+    evaluates the refined model. While reconstruction runs, its progress is
+    kept in ``<work_dir>/reconstruction_state.pth`` (removed once the
+    result is saved): a run interrupted there and started again with
+    ``--resume`` continues after the last finished block.
 
     Args:
         samples (dict): Sample source config (``mmddaq.AlgorithmSamples``,
@@ -59,7 +63,12 @@ class PostTrainingHook(Hook):
         output_tuning (dict, optional): A last refinement on the pool
             against the task adapter's ``distill_loss``
             (``mmddaq.OutputTuning``); ``None`` (default): none.
+        resumable (bool): Keep the reconstruction's progress in the work
+            directory so an interrupted run resumes it. Defaults to True.
     """
+
+    #: File name of the reconstruction's progress in the work directory.
+    STATE_FILE = 'reconstruction_state.pth'
 
     priority = 'LOW'
 
@@ -72,7 +81,8 @@ class PostTrainingHook(Hook):
                  bias_correction: bool = False,
                  reconstruction: Optional[dict] = None,
                  calibration_samples: Optional[dict] = None,
-                 output_tuning: Optional[dict] = None) -> None:
+                 output_tuning: Optional[dict] = None,
+                 resumable: bool = True) -> None:
         if num_samples < 1 or batch_size < 1:
             raise ValueError('num_samples and batch_size must be >= 1')
         self.observers = dict(observers or {})
@@ -96,8 +106,27 @@ class PostTrainingHook(Hook):
             calibration_samples) if calibration_samples else None
         self.output_tuning = MODELS.build(output_tuning) \
             if output_tuning else None
+        self.resumable = bool(resumable)
 
     def after_train(self, runner) -> None:
+        # Everything runs in eval mode and from the run's seed, not in the
+        # mode and random state training and validation happened to leave
+        # (a run without validation ended in training mode, with BN on
+        # batch statistics): a run resumed after training, or one without
+        # a val loop, refines the same model as one that validated last.
+        model = algorithm_of(runner)
+        training = model.training
+        devices = [torch.cuda.current_device()] \
+            if torch.cuda.is_available() else []
+        model.eval()
+        try:
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(runner.seed)
+                self._post_train(runner)
+        finally:
+            model.train(training)
+
+    def _post_train(self, runner) -> None:
         start = time.perf_counter()
         model = algorithm_of(runner)
         logger = runner.logger
@@ -119,11 +148,14 @@ class PostTrainingHook(Hook):
         if self.bias_correction:
             shifts = correct_bias(fp, q, forward, batches)
             logger.info(f'Bias correction of {len(shifts)} layers')
+        state_file = osp.join(runner.work_dir, self.STATE_FILE) \
+            if self.resumable and self.reconstruction is not None else None
         if self.reconstruction is not None:
             results = self.reconstruction(
                 fp, q, forward, batches,
                 score_map=getattr(model.adapter, 'score_map', None),
-                output_loss=getattr(model.adapter, 'distill_loss', None))
+                output_loss=getattr(model.adapter, 'distill_loss', None),
+                state_file=state_file)
             before = sum(r['error_before'] for r in results)
             after = sum(r['error_after'] for r in results)
             logger.info(f'Reconstructed {len(results)} blocks: summed '
@@ -146,6 +178,8 @@ class PostTrainingHook(Hook):
         runner.message_hub.update_info('post_training_seconds',
                                        time.perf_counter() - start)
         self._save(runner)
+        if state_file is not None:  # the result is saved: progress done
+            ReconstructionState.remove(state_file)
 
     @staticmethod
     def _save(runner) -> None:
