@@ -247,3 +247,43 @@ def test_score_map_and_per_level_score_error(tmp_path):
     model.quantized = copy.deepcopy(model.fp_model)  # no quantization
     assert all(r['logit_mse'] == 0 and r['confident_score_mse'] == 0
                for r in tool.level_errors(model, batches, 0.))
+
+
+def test_feature_kd_counts_every_level_alike():
+    from mmddaq.models.adapters.detector_base import feature_kd
+    gen = torch.Generator().manual_seed(0)
+    fine = torch.randn(2, 8, 16, 16, generator=gen)
+    coarse = 50 * torch.randn(2, 8, 4, 4, generator=gen)
+    assert float(feature_kd([fine, coarse], [fine, coarse])) == 0.
+    # the same 10 % relative error costs the same on either level
+    err_fine = feature_kd([fine, coarse], [1.1 * fine, coarse])
+    err_coarse = feature_kd([fine, coarse], [fine, 1.1 * coarse])
+    assert float(err_fine) == pytest.approx(float(err_coarse), rel=1e-5)
+    assert float(err_fine) == pytest.approx(0.01 / 2, rel=1e-5)
+    with pytest.raises(ValueError, match='same levels'):
+        feature_kd([fine], [fine, coarse])
+
+
+@pytest.mark.parametrize('kind', ['retinanet', 'faster_rcnn'])
+def test_feature_kd_reaches_the_quantized_neck(kind, tmp_path):
+    model, _ = build(kind, tmp_path)
+    outputs_only = model.adapter
+    with_feats = type(outputs_only)(feature_weight=2.)
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        fp_out = with_feats.forward(model.fp_model, x)
+    q_out = with_feats.forward(model.quantized, x, reference=fp_out)
+    assert len(q_out['feats']) == model.quantized.neck.num_outs
+    from mmddaq.models.adapters.detector_base import feature_kd
+    loss = with_feats.distill_loss(fp_out, q_out)
+    expected = outputs_only.distill_loss(fp_out, q_out) + \
+        2. * feature_kd(fp_out['feats'], q_out['feats'])
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    assert float(feature_kd(fp_out['feats'], q_out['feats'])) > 0
+    loss.backward()
+    neck = model.quantized.neck.fpn_convs[0].conv.weight
+    assert neck.grad is not None and neck.grad.abs().sum() > 0
+    # off by default: the outputs carry no features
+    assert 'feats' not in outputs_only.forward(model.fp_model, x)
+    with pytest.raises(ValueError, match='feature_weight'):
+        type(outputs_only)(feature_weight=-1.)

@@ -141,6 +141,34 @@ def dense_kd(fp_scores: List[torch.Tensor], q_scores: List[torch.Tensor],
     return loss / len(fp_scores)
 
 
+def feature_kd(fp_feats: Sequence[torch.Tensor],
+               q_feats: Sequence[torch.Tensor],
+               eps: float = 1e-12) -> torch.Tensor:
+    """KD of the neck's (FPN's) feature maps, every level counting alike.
+
+    Per level, the mean squared difference relative to the FP features'
+    mean square, then averaged over levels: a coarse level whose features
+    are 10x larger does not drown the fine ones where small objects are.
+
+    Args:
+        fp_feats (Sequence[Tensor]): FP features per level.
+        q_feats (Sequence[Tensor]): Quantized features, same shapes.
+        eps (float): Keeps an all-zero level finite.
+
+    Returns:
+        Tensor: The loss (0 for identical features).
+    """
+    if len(fp_feats) != len(q_feats) or not fp_feats:
+        raise ValueError(f'feature KD needs the same levels on both sides, '
+                         f'got {len(fp_feats)} and {len(q_feats)}')
+    loss = 0.
+    for fp, q in zip(fp_feats, q_feats):
+        fp = fp.detach().float()
+        loss = loss + (q.float() - fp).pow(2).mean() / (
+            fp.pow(2).mean() + eps)
+    return loss / len(fp_feats)
+
+
 def roi_kd(fp_cls: torch.Tensor, q_cls: torch.Tensor, fp_box: torch.Tensor,
            q_box: torch.Tensor, box_weight: float,
            weighting: str = 'uniform') -> torch.Tensor:
@@ -227,6 +255,9 @@ class DetectorAdapterBase:
         prior_topk (int): Anchors (or RoIs) per generated image that the
             detection prior pushes towards the image's label. Defaults
             to 8.
+        feature_weight (float): Weight of the neck features' KD
+            (:func:`feature_kd`) added to :meth:`distill_loss`. Defaults
+            to 0 (outputs only).
     """
 
     #: head submodules whose outputs are tapped by default
@@ -237,11 +268,33 @@ class DetectorAdapterBase:
     def __init__(self, taps: Sequence[str] = None,
                  box_weight: float = 1.0,
                  kd_weighting: str = 'confidence',
-                 prior_topk: int = 8) -> None:
+                 prior_topk: int = 8,
+                 feature_weight: float = 0.) -> None:
         self.taps = list(taps) if taps else None
         self.box_weight = box_weight
         self.kd_weighting = _check_weighting(kd_weighting)
         self.prior_topk = check_topk(prior_topk)
+        if feature_weight < 0:
+            raise ValueError(
+                f'feature_weight must be >= 0, got {feature_weight}')
+        self.feature_weight = float(feature_weight)
+
+    def _outputs(self, feats, **outputs) -> Dict[str, object]:
+        """The forward's outputs, with the neck features when their KD is
+        on."""
+        if self.feature_weight:
+            outputs['feats'] = list(feats)
+        return outputs
+
+    def _plus_feature_kd(self, loss: torch.Tensor, fp_out, q_out):
+        """``loss`` + the weighted feature KD (when on)."""
+        if not self.feature_weight:
+            return loss
+        if 'feats' not in fp_out or 'feats' not in q_out:
+            raise KeyError('feature_weight > 0 but an output lacks the neck '
+                           'features: run both models through this adapter')
+        return loss + self.feature_weight * feature_kd(fp_out['feats'],
+                                                       q_out['feats'])
 
     def default_taps(self, model: nn.Module) -> List[str]:
         """Backbone stages, the neck and the heads of ``model``."""

@@ -27,6 +27,8 @@ class OneStageDetectorAdapter(DetectorAdapterBase):
             ``'uniform'``: a plain mean over anchors and classes.
         prior_topk (int): Anchors per generated image that the detection
             prior (:meth:`task_loss`) pushes towards its label.
+        feature_weight (float): Weight of the FPN features' KD (per-level
+            normalised) in :meth:`distill_loss`. Defaults to 0.
     """
 
     head_taps = ('bbox_head', )
@@ -37,9 +39,10 @@ class OneStageDetectorAdapter(DetectorAdapterBase):
         feats = model.extract_feat(inputs)
         head = model.bbox_head
         cls_scores, bbox_preds = head(feats)[:2]
-        return dict(cls_scores=list(cls_scores), bbox_preds=list(bbox_preds),
-                    cls_out_channels=int(head.cls_out_channels),
-                    use_sigmoid=bool(getattr(head, 'use_sigmoid_cls', True)))
+        return self._outputs(
+            feats, cls_scores=list(cls_scores), bbox_preds=list(bbox_preds),
+            cls_out_channels=int(head.cls_out_channels),
+            use_sigmoid=bool(getattr(head, 'use_sigmoid_cls', True)))
 
     def task_loss(self, fp_out: Dict[str, list],
                   labels: torch.Tensor) -> torch.Tensor:
@@ -55,7 +58,9 @@ class OneStageDetectorAdapter(DetectorAdapterBase):
     def distill_loss(self, fp_out: Dict[str, list],
                      q_out: Dict[str, list]) -> torch.Tensor:
         """Mean over levels of score KD + ``box_weight`` x box KD
-        (anchors weighted by the FP model's confidence by default)."""
-        return dense_kd(fp_out['cls_scores'], q_out['cls_scores'],
-                        fp_out['bbox_preds'], q_out['bbox_preds'],
-                        self.box_weight, self.kd_weighting)
+        (anchors weighted by the FP model's confidence by default), plus
+        the FPN features' KD when ``feature_weight`` > 0."""
+        return self._plus_feature_kd(
+            dense_kd(fp_out['cls_scores'], q_out['cls_scores'],
+                     fp_out['bbox_preds'], q_out['bbox_preds'],
+                     self.box_weight, self.kd_weighting), fp_out, q_out)

@@ -34,6 +34,8 @@ class TwoStageDetectorAdapter(DetectorAdapterBase):
         prior_topk (int): Anchors and RoIs per generated image that the
             detection prior (:meth:`task_loss`) pushes towards an object
             of its label.
+        feature_weight (float): Weight of the FPN features' KD (per-level
+            normalised) in :meth:`distill_loss`. Defaults to 0.
     """
 
     head_taps = ('rpn_head', 'roi_head.bbox_head')
@@ -42,8 +44,10 @@ class TwoStageDetectorAdapter(DetectorAdapterBase):
     def __init__(self, taps=None, box_weight: float = 1.0,
                  max_proposals: int = 256,
                  kd_weighting: str = 'confidence',
-                 prior_topk: int = 8) -> None:
-        super().__init__(taps, box_weight, kd_weighting, prior_topk)
+                 prior_topk: int = 8,
+                 feature_weight: float = 0.) -> None:
+        super().__init__(taps, box_weight, kd_weighting, prior_topk,
+                         feature_weight)
         self.max_proposals = max_proposals
 
     def forward(self, model: nn.Module, inputs: torch.Tensor,
@@ -70,7 +74,8 @@ class TwoStageDetectorAdapter(DetectorAdapterBase):
         from mmdet.structures.bbox import bbox2roi
         rois = bbox2roi(boxes)
         roi_out = model.roi_head._bbox_forward(feats, rois)
-        return dict(
+        return self._outputs(
+            feats,
             rpn_scores=list(rpn_scores),
             rpn_deltas=list(rpn_deltas),
             cls_score=roi_out['cls_score'],
@@ -95,13 +100,14 @@ class TwoStageDetectorAdapter(DetectorAdapterBase):
 
     def distill_loss(self, fp_out: Dict[str, object],
                      q_out: Dict[str, object]) -> torch.Tensor:
-        """RPN KD (mean over levels) + RoI-head KD on the same RoIs."""
-        rpn = dense_kd(fp_out['rpn_scores'], q_out['rpn_scores'],
-                       fp_out['rpn_deltas'], q_out['rpn_deltas'],
-                       self.box_weight, self.kd_weighting)
-        if q_out['cls_score'].numel() == 0:
-            # no proposal survived: the RoI head has nothing to distil
-            return rpn
-        return rpn + roi_kd(fp_out['cls_score'], q_out['cls_score'],
-                            fp_out['bbox_pred'], q_out['bbox_pred'],
-                            self.box_weight, self.kd_weighting)
+        """RPN KD (mean over levels) + RoI-head KD on the same RoIs, plus
+        the FPN features' KD when ``feature_weight`` > 0."""
+        loss = dense_kd(fp_out['rpn_scores'], q_out['rpn_scores'],
+                        fp_out['rpn_deltas'], q_out['rpn_deltas'],
+                        self.box_weight, self.kd_weighting)
+        if q_out['cls_score'].numel():
+            # (no proposal survived: the RoI head has nothing to distil)
+            loss = loss + roi_kd(fp_out['cls_score'], q_out['cls_score'],
+                                 fp_out['bbox_pred'], q_out['bbox_pred'],
+                                 self.box_weight, self.kd_weighting)
+        return self._plus_feature_kd(loss, fp_out, q_out)
