@@ -1,10 +1,13 @@
 """Where a quantized model's error comes from: per layer and per call."""
-from typing import Callable, Dict, List, Sequence, Tuple
+import contextlib
+from typing import Callable, Dict, Iterable, List, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from .model_quantizer import observation_disabled, quantized_layers
+from .fake_quant import PASS_THROUGH_BITS
+from .model_quantizer import (activation_quantizers, observation_disabled,
+                              quantized_layers)
 from .quantizers import ActivationQuantizer, CallSiteQuantizer
 
 
@@ -75,4 +78,86 @@ def activation_error_by_call(q_model: nn.Module,
     ]
 
 
-__all__ = ['activation_error_by_call']
+
+@contextlib.contextmanager
+def activations_in_float(q_model: nn.Module, layers: Iterable[str]):
+    """Within the ``with`` block, the named quantized layers take their
+    inputs unquantized (every call site of a shared layer); everything else
+    stays as it is.
+
+    Args:
+        q_model (nn.Module): A quantized model.
+        layers (Iterable[str]): Names of its quantized layers.
+    """
+    wanted = set(layers)
+    found = {n: m for n, m in quantized_layers(q_model) if n in wanted}
+    missing = sorted(wanted - set(found))
+    if missing:
+        raise ValueError(f'not quantized layers of the model: {missing}')
+    saved = [(q, q.bits) for m in found.values()
+             for q in activation_quantizers(m)]
+    try:
+        for q, _ in saved:
+            q.bits = PASS_THROUGH_BITS
+        yield
+    finally:
+        for q, bits in saved:
+            q.bits = bits
+
+
+def layer_groups(q_model: nn.Module, depth: int = 2,
+                 each: Sequence[str] = ()) -> Dict[str, List[str]]:
+    """The quantized layers whose activations are quantized, grouped by the
+    first ``depth`` parts of their names (``backbone.layer2``,
+    ``neck.lateral_convs``); layers under a prefix in ``each`` get a group
+    of their own.
+
+    Returns:
+        dict[str, list[str]]: Group name -> layer names, in model order.
+    """
+    groups: Dict[str, List[str]] = {}
+    for name, layer in quantized_layers(q_model):
+        if not any(q.enabled for q in activation_quantizers(layer)):
+            continue
+        if any(name == p or name.startswith(p + '.') for p in each):
+            key = name
+        else:
+            key = '.'.join(name.split('.')[:depth])
+        groups.setdefault(key, []).append(name)
+    return groups
+
+
+def activation_gaps(q_model: nn.Module, groups: Dict[str, List[str]],
+                    evaluate: Callable[[], float]) -> List[dict]:
+    """What each group's activation quantization costs the metric.
+
+    ``evaluate()`` is run with everything quantized, with all activations
+    in float (weights still quantized), and with each group's inputs in
+    float in turn.
+
+    Args:
+        q_model (nn.Module): The quantized model ``evaluate`` measures.
+        groups (dict[str, list[str]]): Group name -> quantized layer names
+            (see :func:`layer_groups`).
+        evaluate (Callable[[], float]): The metric of the model as it is
+            now (higher is better).
+
+    Returns:
+        list[dict]: ``group``, ``layers``, ``value`` and ``gain`` (value
+        minus the all-quantized value) per row; the first rows are
+        ``'(all quantized)'`` and ``'(all activations in float)'``.
+    """
+    base = float(evaluate())
+    every = [n for names in groups.values() for n in names]
+    rows = [dict(group='(all quantized)', layers=[], value=base, gain=0.)]
+    for group, names in [('(all activations in float)', every)] + \
+            list(groups.items()):
+        with activations_in_float(q_model, names):
+            value = float(evaluate())
+        rows.append(dict(group=group, layers=list(names), value=value,
+                         gain=value - base))
+    return rows
+
+
+__all__ = ['activation_error_by_call', 'activation_gaps',
+           'activations_in_float', 'layer_groups']

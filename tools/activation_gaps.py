@@ -1,0 +1,127 @@
+"""What the quantized activations of each group of layers cost a quantized
+model's metric: it is evaluated with everything quantized, with every
+activation in float (weights still quantized), and with each group's
+inputs in float in turn.
+
+    python tools/activation_gaps.py configs/ddaq_retinanet_r18-w16_frozenbn_w4a4.py \
+        work_dirs/benchmark/frozenbn-retinanet/ddaq_w4a4_s0/iter_400.pth \
+        --split tune --each neck.lateral_convs neck.fpn_convs \
+        --out gaps.json --plot gaps.png
+
+Groups are the first ``--depth`` parts of the layer names
+(``backbone.layer2``, ``neck.lateral_convs``, ``bbox_head.cls_convs``);
+layers under an ``--each`` prefix count one by one. Evaluation runs the
+config's test loop (``--split tune``: the shapes sets' tuning split, so the
+reported split is not looked at), one full pass per row.
+"""
+import argparse
+import json
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+import mmddaq  # noqa: E402,F401
+from mmddaq.apis import build_runner, load_config, run_test  # noqa: E402
+from mmddaq.datasets import tune_options  # noqa: E402
+from mmddaq.engine.hooks.utils import algorithm_of  # noqa: E402
+from mmddaq.quantization.analysis import (activation_gaps,  # noqa: E402
+                                          layer_groups)
+
+METRICS = ('coco/bbox_mAP', 'accuracy/top1')
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('config', help='the quantized model\'s (DDAQ) config')
+    p.add_argument('checkpoint', help='its quantized checkpoint')
+    p.add_argument('--split', choices=['val', 'tune'], default='tune',
+                   help='shapes split to evaluate on (tune: where recipes '
+                   'are chosen)')
+    p.add_argument('--depth', type=int, default=2,
+                   help='name parts that make a group')
+    p.add_argument('--each', nargs='*', default=[],
+                   help='prefixes whose layers are measured one by one')
+    p.add_argument('--metric', default=None,
+                   help=f'test metric (default: the first of {METRICS} '
+                   'the test loop reports)')
+    p.add_argument('--out', required=True, help='JSON rows (a new file)')
+    p.add_argument('--plot', help='PNG bar chart of the gains')
+    p.add_argument('--work-dir', default='work_dirs/activation_gaps')
+    return p.parse_args(argv)
+
+
+def check_paths(args) -> None:
+    """Fail before any work on a missing input or an existing output."""
+    for path, what in ((args.config, 'config'),
+                       (args.checkpoint, 'checkpoint')):
+        if not osp.isfile(path):
+            raise SystemExit(f'{what} not found: {path}')
+    for path in (args.out, args.plot):
+        if path and osp.exists(path):
+            raise SystemExit(f'{path} exists: pick another name (nothing '
+                             'is overwritten)')
+
+
+def plot(rows, metric, path) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    shown = rows[1:]
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(shown) + 1.5))
+    ax.barh(range(len(shown)), [r['gain'] for r in shown], color='tab:blue')
+    ax.set_yticks(range(len(shown)))
+    ax.set_yticklabels([r['group'] for r in shown], fontsize=7)
+    ax.invert_yaxis()
+    ax.axvline(0, color='black', lw=0.8)
+    ax.set_xlabel(f'{metric} gain with these inputs in float '
+                  f'(all quantized: {rows[0]["value"]:.4g})')
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    check_paths(args)
+    cfg = load_config(args.config, {})
+    if args.split == 'tune':
+        root = cfg.get('data_root')
+        if not root:
+            raise SystemExit('--split tune needs a config with a data_root '
+                             '(the shapes sets)')
+        cfg = load_config(args.config, tune_options(root.rstrip('/')))
+    runner = build_runner(cfg, args.work_dir, 'activation_gaps')
+    runner.load_checkpoint(args.checkpoint)
+    q_model = algorithm_of(runner).quantized
+    metric = args.metric
+
+    def evaluate() -> float:
+        nonlocal metric
+        result = run_test(runner)
+        if metric is None:
+            metric = next((m for m in METRICS if m in result), None)
+            if metric is None:
+                raise SystemExit(f'none of {METRICS} in the test metrics '
+                                 f'{sorted(result)}: pass --metric')
+        if metric not in result:
+            raise SystemExit(f'{metric} not in the test metrics '
+                             f'{sorted(result)}')
+        return result[metric]
+
+    groups = layer_groups(q_model, args.depth, args.each)
+    rows = activation_gaps(q_model, groups, evaluate)
+    for r in rows:
+        r.update(metric=metric, split=args.split,
+                 checkpoint=args.checkpoint)
+        print(f'[activation_gaps] {r["group"]}: {r["value"]:.4f} '
+              f'({r["gain"]:+.4f})', flush=True)
+    with open(args.out, 'w') as f:
+        json.dump(rows, f, indent=1)
+    if args.plot:
+        plot(rows, metric, args.plot)
+    print(f'[activation_gaps] {len(rows)} rows -> {args.out}')
+
+
+if __name__ == '__main__':
+    main()
