@@ -287,3 +287,36 @@ def test_augmented_samples_flip_and_zoom():
     for bad in (dict(flip=1.5), dict(scale=(0., 1.)), dict(scale=(2., 1.))):
         with pytest.raises(ValueError):
             build(**bad)
+
+
+def test_algorithm_samples_in_the_generators_train_or_eval_mode():
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from mmddaq.registry import SAMPLE_SOURCES
+    torch.manual_seed(0)
+    gen = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6))
+    gen[1].running_mean.fill_(3.)  # far from any batch's mean
+    z = torch.randn(8, 4)
+    algo = SimpleNamespace(generator=gen,
+                           sample_inputs=lambda n: (gen(z[:n]), None))
+    gen.eval()
+    kept = {k: v.clone() for k, v in gen.state_dict().items()}
+
+    def draw(mode):
+        return SAMPLE_SOURCES.build(dict(type='mmddaq.AlgorithmSamples',
+                                         generator_mode=mode))(algo, 8, 4)
+
+    as_trained = draw('train')
+    # batch statistics: every batch of 4 is normalised on its own
+    assert all(abs(float(b.mean())) < 1e-5 for b in as_trained)
+    assert not gen.training  # mode put back
+    for k, v in gen.state_dict().items():  # running statistics kept
+        assert torch.equal(v, kept[k]), k
+    running = draw('eval')
+    assert float(running[0].mean()) < -1.  # shifted by the running mean
+    assert torch.equal(torch.cat(draw(None)), torch.cat(running))
+    with pytest.raises(ValueError, match='generator_mode'):
+        SAMPLE_SOURCES.build(dict(type='mmddaq.AlgorithmSamples',
+                                  generator_mode='test'))

@@ -16,14 +16,42 @@ class AlgorithmSamples:
 
     That is the trained generator (``sample_source='generator'``), Gaussian
     noise (``'gaussian'``) or the distilled pool (``'pool'``) of the
-    :class:`~mmddaq.models.DDAQ` model. Generator batches are drawn in
-    the mode the algorithm is in; ``PostTrainingHook`` puts it in eval
-    mode (the generator's running BN statistics).
+    :class:`~mmddaq.models.DDAQ` model.
+
+    Args:
+        generator_mode (str, optional): ``'train'``: the generator draws
+            with batch statistics in its BN layers, as during training
+            (its running statistics are left as they were); ``'eval'``:
+            with its running statistics; ``None`` (default): in whatever
+            mode the algorithm is (``PostTrainingHook`` puts it in eval
+            mode).
     """
+
+    def __init__(self, generator_mode: Optional[str] = None) -> None:
+        if generator_mode not in (None, 'train', 'eval'):
+            raise ValueError('generator_mode must be None, "train" or '
+                             f'"eval", got {generator_mode!r}')
+        self.generator_mode = generator_mode
 
     @torch.no_grad()
     def __call__(self, algorithm, num_samples: int,
                  batch_size: int) -> List[torch.Tensor]:
+        generator = getattr(algorithm, 'generator', None)
+        if self.generator_mode is None or generator is None:
+            return self._draw(algorithm, num_samples, batch_size)
+        training = generator.training
+        kept = {k: v.clone() for k, v in generator.state_dict().items()
+                if 'running_' in k or k.endswith('num_batches_tracked')}
+        generator.train(self.generator_mode == 'train')
+        try:
+            return self._draw(algorithm, num_samples, batch_size)
+        finally:
+            generator.train(training)
+            generator.load_state_dict(kept, strict=False)
+
+    @staticmethod
+    def _draw(algorithm, num_samples: int,
+              batch_size: int) -> List[torch.Tensor]:
         batches = []
         for start in range(0, num_samples, batch_size):
             n = min(batch_size, num_samples - start)
