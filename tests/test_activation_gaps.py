@@ -77,3 +77,24 @@ def test_the_tool_refuses_to_overwrite(tmp_path):
          str(tmp_path / 'missing.pth'), '--out', str(tmp_path / 'new.json')],
         capture_output=True, text=True)
     assert proc.returncode != 0 and 'checkpoint not found' in proc.stderr
+
+
+def test_data_free_gaps_on_the_generators_samples(tmp_path):
+    import sys
+    sys.path.insert(0, 'tools')
+    from activation_gaps import pool_loss
+    from test_detection import SIZE, build
+
+    from mmddaq.quantization import (calibrate_activations,
+                                     freeze_activations)
+    model, _ = build('retinanet', tmp_path)
+    calibrate_activations(model.quantized)
+    with torch.no_grad():
+        model.adapter.forward(model.quantized, torch.randn(4, 3, SIZE, SIZE))
+    freeze_activations(model.quantized)
+    evaluate = pool_loss(model, 8, seed=0)
+    assert evaluate() < 0 and evaluate() == evaluate()  # same pool
+    groups = layer_groups(model.quantized)
+    rows = activation_gaps(model.quantized, groups, evaluate)
+    assert rows[1]['gain'] > 0  # activations in float: closer to FP
+    assert 'neck.fpn_convs' in groups

@@ -8,6 +8,11 @@ inputs in float in turn.
         --split tune --each neck.lateral_convs neck.fpn_convs \
         --out gaps.json --plot gaps.png
 
+With ``--pool N`` nothing is read from a dataset: the "metric" is minus
+the task adapter's FP-vs-quantized distillation loss on N samples of the
+algorithm's own generator (seeded), i.e. the data-free view of the same
+question.
+
 Groups are the first ``--depth`` parts of the layer names
 (``backbone.layer2``, ``neck.lateral_convs``, ``bbox_head.cls_convs``);
 layers under an ``--each`` prefix count one by one. Evaluation runs the
@@ -45,6 +50,11 @@ def parse_args(argv=None):
     p.add_argument('--metric', default=None,
                    help=f'test metric (default: the first of {METRICS} '
                    'the test loop reports)')
+    p.add_argument('--pool', type=int, default=0,
+                   help='data-free: minus the distillation loss on this '
+                   'many generated samples instead of the test metric')
+    p.add_argument('--seed', type=int, default=0,
+                   help='seed of the --pool samples')
     p.add_argument('--out', required=True, help='JSON rows (a new file)')
     p.add_argument('--plot', help='PNG bar chart of the gains')
     p.add_argument('--work-dir', default='work_dirs/activation_gaps')
@@ -81,6 +91,30 @@ def plot(rows, metric, path) -> None:
     plt.close(fig)
 
 
+def pool_loss(algorithm, num_samples: int, seed: int):
+    """A function giving minus the mean FP-vs-quantized distillation loss
+    on ``num_samples`` samples of the algorithm's generator."""
+    import torch
+
+    from mmddaq.generators.sources import AlgorithmSamples
+    from mmddaq.quantization import observation_disabled
+    algorithm.eval()
+    torch.manual_seed(seed)
+    batches = AlgorithmSamples()(algorithm, num_samples, 8)
+    forward, loss = algorithm.adapter.forward, algorithm.adapter.distill_loss
+    with torch.no_grad():
+        refs = [forward(algorithm.fp_model, x) for x in batches]
+
+    @torch.no_grad()
+    def evaluate() -> float:
+        with observation_disabled(algorithm.quantized):
+            total = sum(float(loss(r, forward(algorithm.quantized, x)))
+                        for r, x in zip(refs, batches))
+        return -total / len(batches)
+
+    return evaluate
+
+
 def main(argv=None):
     args = parse_args(argv)
     check_paths(args)
@@ -96,7 +130,7 @@ def main(argv=None):
     q_model = algorithm_of(runner).quantized
     metric = args.metric
 
-    def evaluate() -> float:
+    def test_metric() -> float:
         nonlocal metric
         result = run_test(runner)
         if metric is None:
@@ -109,11 +143,18 @@ def main(argv=None):
                              f'{sorted(result)}')
         return result[metric]
 
+    if args.pool:
+        metric, evaluate = 'minus distill_loss', pool_loss(
+            algorithm_of(runner), args.pool, args.seed)
+    else:
+        evaluate = test_metric
+
     groups = layer_groups(q_model, args.depth, args.each)
     rows = activation_gaps(q_model, groups, evaluate)
     for r in rows:
-        r.update(metric=metric, split=args.split,
-                 checkpoint=args.checkpoint)
+        r.update(metric=metric,
+                 split=f'generated ({args.pool})' if args.pool
+                 else args.split, checkpoint=args.checkpoint)
         print(f'[activation_gaps] {r["group"]}: {r["value"]:.4f} '
               f'({r["gain"]:+.4f})', flush=True)
     with open(args.out, 'w') as f:
