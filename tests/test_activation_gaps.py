@@ -61,6 +61,7 @@ def test_layer_groups_and_gaps_name_the_costly_activations():
 def test_the_tool_refuses_to_overwrite(tmp_path):
     import subprocess
     import sys
+    sys.path.insert(0, 'tools')
     out = tmp_path / 'gaps.json'
     out.write_text('mine')
     ckpt = tmp_path / 'q.pth'
@@ -77,6 +78,10 @@ def test_the_tool_refuses_to_overwrite(tmp_path):
          str(tmp_path / 'missing.pth'), '--out', str(tmp_path / 'new.json')],
         capture_output=True, text=True)
     assert proc.returncode != 0 and 'checkpoint not found' in proc.stderr
+    from activation_gaps import main
+    with pytest.raises(SystemExit, match='--real needs --pool'):
+        main(['configs/ddaq_retinanet_r18-w16_frozenbn_w4a4.py',
+              'README.md', '--real', '--out', str(tmp_path / 'x.json')])
 
 
 def test_data_free_gaps_on_the_generators_samples(tmp_path):

@@ -11,7 +11,9 @@ inputs in float in turn.
 With ``--pool N`` nothing is read from a dataset: the "metric" is minus
 the task adapter's FP-vs-quantized distillation loss on N samples of the
 algorithm's own generator (seeded), i.e. the data-free view of the same
-question.
+question; ``--pool N --real`` takes the loss on the first N test-loader
+images instead (does the loss or do the samples disagree with the
+metric?).
 
 Groups are the first ``--depth`` parts of the layer names
 (``backbone.layer2``, ``neck.lateral_convs``, ``bbox_head.cls_convs``);
@@ -53,6 +55,9 @@ def parse_args(argv=None):
     p.add_argument('--pool', type=int, default=0,
                    help='data-free: minus the distillation loss on this '
                    'many generated samples instead of the test metric')
+    p.add_argument('--real', action='store_true',
+                   help='--pool: the test loader\'s images instead of '
+                   'generated ones')
     p.add_argument('--seed', type=int, default=0,
                    help='seed of the --pool samples')
     p.add_argument('--out', required=True, help='JSON rows (a new file)')
@@ -91,16 +96,17 @@ def plot(rows, metric, path) -> None:
     plt.close(fig)
 
 
-def pool_loss(algorithm, num_samples: int, seed: int):
+def pool_loss(algorithm, num_samples: int, seed: int, source=None):
     """A function giving minus the mean FP-vs-quantized distillation loss
-    on ``num_samples`` samples of the algorithm's generator."""
+    on ``num_samples`` samples of the algorithm's generator (or of another
+    sample ``source``)."""
     import torch
 
     from mmddaq.generators.sources import AlgorithmSamples
     from mmddaq.quantization import observation_disabled
     algorithm.eval()
     torch.manual_seed(seed)
-    batches = AlgorithmSamples()(algorithm, num_samples, 8)
+    batches = (source or AlgorithmSamples())(algorithm, num_samples, 8)
     forward, loss = algorithm.adapter.forward, algorithm.adapter.distill_loss
     with torch.no_grad():
         refs = [forward(algorithm.fp_model, x) for x in batches]
@@ -117,6 +123,8 @@ def pool_loss(algorithm, num_samples: int, seed: int):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.real and not args.pool:
+        raise SystemExit('--real needs --pool N')
     check_paths(args)
     cfg = load_config(args.config, {})
     if args.split == 'tune':
@@ -144,8 +152,10 @@ def main(argv=None):
         return result[metric]
 
     if args.pool:
+        from mmddaq.generators.sources import RealSamples
+        source = RealSamples(cfg.test_dataloader) if args.real else None
         metric, evaluate = 'minus distill_loss', pool_loss(
-            algorithm_of(runner), args.pool, args.seed)
+            algorithm_of(runner), args.pool, args.seed, source)
     else:
         evaluate = test_metric
 
@@ -153,7 +163,8 @@ def main(argv=None):
     rows = activation_gaps(q_model, groups, evaluate)
     for r in rows:
         r.update(metric=metric,
-                 split=f'generated ({args.pool})' if args.pool
+                 split=(f'{args.split} images ({args.pool})' if args.real
+                        else f'generated ({args.pool})') if args.pool
                  else args.split, checkpoint=args.checkpoint)
         print(f'[activation_gaps] {r["group"]}: {r["value"]:.4f} '
               f'({r["gain"]:+.4f})', flush=True)
