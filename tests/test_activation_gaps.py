@@ -84,7 +84,8 @@ def test_the_tool_refuses_to_overwrite(tmp_path):
               'README.md', '--real', '--out', str(tmp_path / 'x.json')])
 
 
-def test_data_free_gaps_on_the_generators_samples(tmp_path):
+@pytest.mark.parametrize('kind', ['retinanet', 'faster_rcnn'])
+def test_data_free_gaps_on_the_generators_samples(kind, tmp_path):
     import sys
     sys.path.insert(0, 'tools')
     from activation_gaps import pool_loss
@@ -92,10 +93,13 @@ def test_data_free_gaps_on_the_generators_samples(tmp_path):
 
     from mmddaq.quantization import (calibrate_activations,
                                      freeze_activations)
-    model, _ = build('retinanet', tmp_path)
+    model, _ = build(kind, tmp_path)
     calibrate_activations(model.quantized)
+    x = torch.randn(4, 3, SIZE, SIZE)
     with torch.no_grad():
-        model.adapter.forward(model.quantized, torch.randn(4, 3, SIZE, SIZE))
+        model.adapter.forward(model.quantized, x,
+                              reference=model.adapter.forward(
+                                  model.fp_model, x))
     freeze_activations(model.quantized)
     evaluate = pool_loss(model, 8, seed=0)
     assert evaluate() < 0 and evaluate() == evaluate()  # same pool

@@ -279,10 +279,15 @@ def test_feature_kd_reaches_the_quantized_neck(kind, tmp_path):
     expected = outputs_only.distill_loss(fp_out, q_out) + \
         2. * feature_kd(fp_out['feats'], q_out['feats'])
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
-    assert float(feature_kd(fp_out['feats'], q_out['feats'])) > 0
-    loss.backward()
+    features_only = feature_kd(fp_out['feats'], q_out['feats'])
+    assert float(features_only) > 0
+    features_only.backward()  # the feature term alone trains the neck
     neck = model.quantized.neck.fpn_convs[0].conv.weight
     assert neck.grad is not None and neck.grad.abs().sum() > 0
+    head = dict(model.quantized.named_parameters())[
+        'bbox_head.retina_cls.weight' if kind == 'retinanet'
+        else 'rpn_head.rpn_cls.weight']
+    assert head.grad is None  # and nothing after it
     # off by default: the outputs carry no features
     assert 'feats' not in outputs_only.forward(model.fp_model, x)
     with pytest.raises(ValueError, match='feature_weight'):

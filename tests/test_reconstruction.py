@@ -893,12 +893,25 @@ def test_a_state_left_by_another_pool_is_kept_aside_not_used(
         assert torch.equal(other.state_dict()[k], v), k
     # nothing the earlier run left is lost
     assert (tmp_path / 'state.pth.stale').read_bytes() == left
+    # an unreadable file is set aside too
+    state.write_bytes(b'not a checkpoint')
+    BlockReconstruction(iters=3, batch_size=8)(
+        fp, copy.deepcopy(start), run, pool_b, state_file=str(state))
+    assert (tmp_path / 'state.pth.stale.1').read_bytes() == \
+        b'not a checkpoint'
     # other settings make another reconstruction too; earlier leftovers
     # are not overwritten
     BlockReconstruction(iters=4, batch_size=8)(
         fp, copy.deepcopy(start), run, pool_b, state_file=str(state))
     assert (tmp_path / 'state.pth.stale').read_bytes() == left
-    assert (tmp_path / 'state.pth.stale.1').exists()
+    assert (tmp_path / 'state.pth.stale.2').exists()
+    # and another FP model (what the blocks are fitted to)
+    other_fp = copy.deepcopy(fp)
+    with torch.no_grad():
+        other_fp.fc.bias.add_(1.)
+    BlockReconstruction(iters=4, batch_size=8)(
+        other_fp, copy.deepcopy(start), run, pool_b, state_file=str(state))
+    assert (tmp_path / 'state.pth.stale.3').exists()
 
 
 def test_a_run_stopped_in_reconstruction_resumes_it(tiny_fp_checkpoint,

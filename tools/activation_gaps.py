@@ -104,18 +104,19 @@ def pool_loss(algorithm, num_samples: int, seed: int, source=None):
 
     from mmddaq.generators.sources import AlgorithmSamples
     from mmddaq.quantization import observation_disabled
+    from mmddaq.quantization.output_tuning import _PairedForward
     algorithm.eval()
     torch.manual_seed(seed)
     batches = (source or AlgorithmSamples())(algorithm, num_samples, 8)
-    forward, loss = algorithm.adapter.forward, algorithm.adapter.distill_loss
-    with torch.no_grad():
-        refs = [forward(algorithm.fp_model, x) for x in batches]
+    # (two-stage detectors: the quantized RoI head runs on the FP proposals)
+    run = _PairedForward(algorithm.fp_model, algorithm.quantized,
+                         algorithm.adapter.forward)
+    loss = algorithm.adapter.distill_loss
 
     @torch.no_grad()
     def evaluate() -> float:
         with observation_disabled(algorithm.quantized):
-            total = sum(float(loss(r, forward(algorithm.quantized, x)))
-                        for r, x in zip(refs, batches))
+            total = sum(float(loss(*run(x))) for x in batches)
         return -total / len(batches)
 
     return evaluate

@@ -736,8 +736,11 @@ class BlockReconstruction:
         results = []
         progress = None
         if state_file is not None:
-            progress = ReconstructionState(state_file, units, q_model,
-                                           batches, self.settings())
+            progress = ReconstructionState(
+                state_file, units, q_model, batches, self.settings(),
+                targets=dict(fp_model=fp_model,
+                             adapter=getattr(forward, '__self__', None),
+                             maps=maps, unit_maps=unit_maps))
             results = progress.resume(q_model)
         start = time.perf_counter()
         for i in range(len(results), len(units)):
@@ -920,11 +923,15 @@ class ReconstructionState:
     and the random number generators' states are written (atomically) to
     ``path``, tagged with a fingerprint of what the run started from: the
     unit names, the reconstruction's settings, the quantized model's state
-    before the first unit and the sample pool. A later run resumes from
-    the file only when its fingerprint is the same; otherwise the file is
-    moved aside to ``<path>.stale`` (``.stale.1``, ... when that exists)
-    and the run starts afresh. Data-parallel
-    ranks each keep their own file (``<path>.rank<r>``).
+    before the first unit, the sample pool, and what the units are fitted
+    with (the FP model, the task adapter's settings, focus and sensitivity
+    maps). A later run resumes from the file only when its fingerprint is
+    the same; otherwise (or when the file cannot be read) it is moved
+    aside to ``<path>.stale`` (``.stale.1``, ... when that exists) and the
+    run starts afresh. Data-parallel ranks each keep their own file
+    (``<path>.rank<r>``). A resumed run ends as the uninterrupted one
+    would where the computation is deterministic (on CPU; on GPUs with
+    ``deterministic=True``).
 
     Args:
         path (str): The state file.
@@ -932,56 +939,66 @@ class ReconstructionState:
         q_model (nn.Module): The quantized model before the first unit.
         batches (Sequence[Tensor]): The sample pool.
         settings (dict): The reconstruction's options.
+        targets (dict, optional): What else the units are fitted with,
+            by name (``fp_model``: a module; ``adapter``: an object whose
+            attributes are its settings; anything else: tensors, or
+            lists / dicts of them).
     """
 
+    #: what each part of the fingerprint stands for (in warnings)
+    PARTS = dict(units='blocks', settings='reconstruction options',
+                 model='quantized model before reconstruction',
+                 pool='sample pool', fp_model='FP model',
+                 adapter='task adapter settings', maps='focus maps',
+                 unit_maps='sensitivity maps')
+
     def __init__(self, path: str, units: Sequence[str], q_model: nn.Module,
-                 batches: Sequence[torch.Tensor], settings: dict) -> None:
+                 batches: Sequence[torch.Tensor], settings: dict,
+                 targets: Optional[dict] = None) -> None:
         self.path = self.path_for(path)
         self.units = list(units)
-        model = hashlib.sha1()
-        for key, value in q_model.state_dict().items():
-            model.update(key.encode())
-            _hash_tensor(model, value)
-        pool = hashlib.sha1()
-        for x in batches:
-            _hash_tensor(pool, x)
+        parts = dict(units=repr(self.units),
+                     settings=repr(sorted(settings.items())),
+                     model=q_model, pool=list(batches))
+        parts.update(targets or {})
         #: what the run started from, by part (a mismatch names the part)
-        self.fingerprint = dict(
-            units=hashlib.sha1(repr(self.units).encode()).hexdigest(),
-            settings=hashlib.sha1(
-                repr(sorted(settings.items())).encode()).hexdigest(),
-            model=model.hexdigest(), pool=pool.hexdigest())
+        self.fingerprint = {k: _digest(v) for k, v in parts.items()}
 
     def resume(self, q_model: nn.Module) -> List[dict]:
         """Load a matching state into ``q_model``; the finished units'
         results (empty when there is nothing to resume)."""
         if not osp.exists(self.path):
             return []
-        state = torch.load(self.path, map_location='cpu', weights_only=False)
-        left = state.get('fingerprint') or {}
-        differ = [k for k, v in self.fingerprint.items() if left.get(k) != v]
+        try:
+            state = torch.load(self.path, map_location='cpu',
+                               weights_only=True)
+            left = dict(state['fingerprint'])
+        except Exception as e:  # unreadable: keep it, start afresh
+            return self._set_aside(f'cannot be read ({e})')
+        differ = [self.PARTS.get(k, k) for k, v in self.fingerprint.items()
+                  if left.get(k) != v]
         if differ:
-            stale, n = self.path + '.stale', 0
-            while osp.exists(stale):  # never overwrite an earlier one
-                n += 1
-                stale = f'{self.path}.stale.{n}'
-            os.replace(self.path, stale)
-            print_log(
-                f'{self.path} was left by a reconstruction with another '
-                f'{", ".join(differ)} (blocks, quantized model before '
-                f'reconstruction, sample pool, options): not resumed, '
-                f'kept as {stale}',
-                logger='current', level=30)
-            return []
+            return self._set_aside('was left by a reconstruction with '
+                                   f'another {", ".join(differ)}')
         q_model.load_state_dict(state['model'])
         torch.set_rng_state(state['rng'])
         if state.get('cuda_rng') is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state['cuda_rng'])
+            torch.cuda.set_rng_state(state['cuda_rng'])
         results = list(state['results'])
         print_log(f'Reconstruction resumed from {self.path}: '
                   f'{len(results)}/{len(self.units)} blocks done',
                   logger='current')
         return results
+
+    def _set_aside(self, why: str) -> List[dict]:
+        stale, n = self.path + '.stale', 0
+        while osp.exists(stale):  # never overwrite an earlier one
+            n += 1
+            stale = f'{self.path}.stale.{n}'
+        os.replace(self.path, stale)
+        print_log(f'{self.path} {why}: not resumed, kept as {stale}',
+                  logger='current', level=30)
+        return []
 
     def save(self, q_model: nn.Module, results: List[dict]) -> None:
         """Write the state after ``len(results)`` finished units."""
@@ -992,7 +1009,7 @@ class ReconstructionState:
                  model={k: v.detach().cpu()
                         for k, v in q_model.state_dict().items()},
                  rng=torch.get_rng_state(),
-                 cuda_rng=torch.cuda.get_rng_state_all()
+                 cuda_rng=torch.cuda.get_rng_state()
                  if torch.cuda.is_available() else None), buffer)
         atomic_write_bytes(self.path, buffer.getvalue())
 
@@ -1010,6 +1027,37 @@ class ReconstructionState:
         mine = cls.path_for(path)
         if osp.exists(mine):
             os.remove(mine)
+
+
+def _digest(value) -> str:
+    """SHA-1 of a fingerprint part: text, a module's state, an object's
+    settings, or tensors (possibly in lists / dicts; None allowed)."""
+    digest = hashlib.sha1()
+
+    def add(v):
+        if isinstance(v, nn.Module):
+            for key, t in v.state_dict().items():
+                digest.update(key.encode())
+                _hash_tensor(digest, t)
+        elif isinstance(v, torch.Tensor):
+            _hash_tensor(digest, v)
+        elif isinstance(v, (list, tuple)):
+            digest.update(f'[{len(v)}'.encode())
+            for item in v:
+                add(item)
+        elif isinstance(v, dict):
+            for k in sorted(v, key=str):
+                digest.update(repr(k).encode())
+                add(v[k])
+        elif v is None or isinstance(v, (str, int, float, bool)):
+            digest.update(repr(v).encode())
+        else:  # an object: its settings
+            add({k: a for k, a in sorted(vars(v).items())
+                 if isinstance(a, (str, int, float, bool, list, tuple,
+                                   dict, type(None)))})
+
+    add(value)
+    return digest.hexdigest()
 
 
 def _hash_tensor(digest, t: torch.Tensor) -> None:

@@ -4,6 +4,7 @@ import time
 from typing import List, Optional
 
 import torch
+from mmengine.dist import barrier
 from mmengine.dist import is_main_process as _is_main
 from mmengine.hooks import Hook
 
@@ -42,8 +43,9 @@ class PostTrainingHook(Hook):
     final training checkpoint, which it supersedes), so ``tools/test.py``
     evaluates the refined model. While reconstruction runs, its progress is
     kept in ``<work_dir>/reconstruction_state.pth`` (removed once the
-    result is saved): a run interrupted there and started again with
-    ``--resume`` continues after the last finished block.
+    result is saved as a checkpoint; kept when no checkpoint hook saves
+    one): a run interrupted there and started again with ``--resume``
+    continues after the last finished block.
 
     Args:
         samples (dict): Sample source config (``mmddaq.AlgorithmSamples``,
@@ -177,19 +179,23 @@ class PostTrainingHook(Hook):
             runner.message_hub.update_info('output_tuning', result)
         runner.message_hub.update_info('post_training_seconds',
                                        time.perf_counter() - start)
-        self._save(runner)
-        if state_file is not None:  # the result is saved: progress done
+        saved = self._save(runner)
+        if state_file is not None and saved:
+            barrier()  # every rank's result is in the checkpoint
             ReconstructionState.remove(state_file)
 
     @staticmethod
-    def _save(runner) -> None:
+    def _save(runner) -> bool:
+        """Save the result as the last checkpoint; whether a checkpoint
+        hook did."""
         for hook in runner.hooks:
             if hasattr(hook, '_save_checkpoint_with_step') and \
                     getattr(hook, 'save_last', False):
                 hook._save_checkpoint_with_step(
                     runner, runner.iter,
                     meta=dict(epoch=runner.epoch, iter=runner.iter))
-                return
+                return True
+        return False
 
 
 def plot_reconstruction(results: List[dict], path: str) -> None:
