@@ -368,12 +368,15 @@ def test_post_training_hook_end_to_end(tiny_fp_checkpoint, tmp_path):
                                'real')['accuracy/top1'] <= 100
 
 
-@pytest.mark.parametrize('bias_lr', [None, 1e-3])
-def test_a_unit_made_worse_is_put_back(monkeypatch, bias_lr):
+@pytest.mark.parametrize('bias_lr,lsq', [(None, False), (1e-3, False),
+                                         (None, True)])
+def test_a_unit_made_worse_is_put_back(monkeypatch, bias_lr, lsq):
     fp = _trained_tiny_resnet()
     gen = torch.Generator().manual_seed(2)
     batches = [torch.randn(16, 3, 12, 12, generator=gen) for _ in range(2)]
-    q = _quantize(copy.deepcopy(fp), 4, batches)
+    # lsq: the config learns the activation steps itself
+    q = _quantize(copy.deepcopy(fp), 4, batches,
+                  act_quantizer=dict(learnable=lsq))
     before = {k: v.clone() for k, v in q.state_dict().items()}
 
     def round_everything_down(self, unit, records, groups, rounders,

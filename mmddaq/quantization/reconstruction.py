@@ -822,6 +822,9 @@ class BlockReconstruction:
         bias_state = [(b.detach().clone(), b.requires_grad) for b in biases]
         ranges = [(q.observer.min_val.clone(), q.observer.max_val.clone())
                   for q in learned_here]
+        # steps the config already learns (LSQ) are put back too
+        configured = [(q.scale, q.scale.detach().clone()) for q in acts
+                      if q.learnable and q not in learned_here]
         try:
             if groups:
                 for q in acts:
@@ -855,6 +858,8 @@ class BlockReconstruction:
                     q.observer.min_val.copy_(lo)
                     q.observer.max_val.copy_(hi)
                     q._host.pop('qparams', None)
+                for step, value in configured:
+                    step.copy_(value)
             error_after = error_before
         return dict(name=name, error_before=error_before,
                     error_after=error_after, kept=kept, undecided=undecided,
