@@ -186,3 +186,21 @@ def test_tune_split_replaces_the_reported_one_everywhere(detector_name):
                          bench.SUITES['digits']['tune_options'])
     assert digits.val_dataloader.dataset.split == 'tune'
     assert digits.test_dataloader.dataset.split == 'tune'
+
+
+def test_p2a8_config_keeps_only_the_p2_lateral_input_at_8_bits():
+    from mmengine.registry import MODELS as MMENGINE_MODELS
+
+    from mmddaq.registry import MODELS
+    cfg = Config.fromfile(
+        osp.join(CONFIGS, 'ddaq_retinanet_r18-w16_frozenbn_w4a4-p2a8.py'))
+    init_default_scope('mmdet')
+    arch = dict(cfg.model.architecture)
+    arch['backbone'] = dict(arch['backbone'], init_cfg=None)
+    plan = MODELS.build(cfg.model.quantizer).plan(
+        MMENGINE_MODELS.build(arch))
+    assert plan['neck.lateral_convs.0.conv'] == (4, 8)
+    assert plan['neck.lateral_convs.1.conv'] == (4, 4)
+    assert plan['neck.fpn_convs.0.conv'] == (4, 4)
+    assert plan['backbone.conv1'] == (8, 8)  # the first/last rule stays
+    assert sum(b == (4, 4) for b in plan.values()) == len(plan) - 4
