@@ -3,7 +3,8 @@ model's metric: it is evaluated with everything quantized, with every
 activation in float (weights still quantized), and with each group's
 inputs in float in turn.
 
-    python tools/activation_gaps.py configs/ddaq_retinanet_r18-w16_frozenbn_w4a4.py \
+    python tools/activation_gaps.py \
+        configs/ddaq_retinanet_r18-w16_frozenbn_w4a4.py \
         work_dirs/benchmark/frozenbn-retinanet/ddaq_w4a4_s0/iter_400.pth \
         --split tune --each neck.lateral_convs neck.fpn_convs \
         --out gaps.json --plot gaps.png
@@ -104,12 +105,12 @@ def pool_loss(algorithm, num_samples: int, seed: int, source=None):
 
     from mmddaq.generators.sources import AlgorithmSamples
     from mmddaq.quantization import observation_disabled
-    from mmddaq.quantization.output_tuning import _PairedForward
+    from mmddaq.quantization.output_tuning import PairedForward
     algorithm.eval()
     torch.manual_seed(seed)
     batches = (source or AlgorithmSamples())(algorithm, num_samples, 8)
     # (two-stage detectors: the quantized RoI head runs on the FP proposals)
-    run = _PairedForward(algorithm.fp_model, algorithm.quantized,
+    run = PairedForward(algorithm.fp_model, algorithm.quantized,
                          algorithm.adapter.forward)
     loss = algorithm.adapter.distill_loss
 

@@ -18,7 +18,7 @@ from .quantizers import quantize_weights_once
 Forward = Callable[..., object]
 
 
-class _PairedForward:
+class PairedForward:
     """Runs the FP model (no autograd) and the quantized model on a batch;
     a ``forward`` that takes ``reference`` (a two-stage detector adapter's)
     gets the FP outputs for the quantized pass."""
@@ -108,7 +108,7 @@ class OutputTuning:
 
     @staticmethod
     @torch.no_grad()
-    def _loss_on(run: _PairedForward, output_loss: Callable,
+    def _loss_on(run: PairedForward, output_loss: Callable,
                  batches) -> float:
         total = 0.
         for x in batches:
@@ -148,7 +148,7 @@ class OutputTuning:
                                'frozen activation ranges to tune; calibrate '
                                'and freeze them first')
         fit, judge = self.split(batches)
-        run = _PairedForward(fp_model, q_model, forward)
+        run = PairedForward(fp_model, q_model, forward)
         with observation_disabled(q_model):
             before = self._loss_on(run, output_loss, judge)
             learned_here = [q for q in acts if not q.learnable]
@@ -202,7 +202,7 @@ class OutputTuning:
                     steps=len(steps), biases=len(biases),
                     seconds=time.perf_counter() - tic)
 
-    def _optimise(self, run: _PairedForward, output_loss: Callable, fit,
+    def _optimise(self, run: PairedForward, output_loss: Callable, fit,
                   steps: List[nn.Parameter],
                   biases: List[nn.Parameter]) -> None:
         groups = [dict(params=steps, lr=self.act_lr)]
