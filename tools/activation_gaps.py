@@ -105,20 +105,19 @@ def pool_loss(algorithm, num_samples: int, seed: int, source=None):
 
     from mmddaq.generators.sources import AlgorithmSamples
     from mmddaq.quantization import observation_disabled
-    from mmddaq.quantization.output_tuning import PairedForward
+    from mmddaq.quantization.output_tuning import (PairedForward,
+                                                   mean_output_loss)
     algorithm.eval()
     torch.manual_seed(seed)
     batches = (source or AlgorithmSamples())(algorithm, num_samples, 8)
     # (two-stage detectors: the quantized RoI head runs on the FP proposals)
     run = PairedForward(algorithm.fp_model, algorithm.quantized,
-                         algorithm.adapter.forward)
-    loss = algorithm.adapter.distill_loss
+                        algorithm.adapter.forward)
 
-    @torch.no_grad()
     def evaluate() -> float:
         with observation_disabled(algorithm.quantized):
-            total = sum(float(loss(*run(x))) for x in batches)
-        return -total / len(batches)
+            return -mean_output_loss(run, algorithm.adapter.distill_loss,
+                                     batches)
 
     return evaluate
 

@@ -40,6 +40,16 @@ class PairedForward:
         return reference, out
 
 
+@torch.no_grad()
+def mean_output_loss(run: PairedForward, output_loss: Callable,
+                     batches) -> float:
+    """Mean of ``output_loss(fp_output, q_output)`` over ``batches``."""
+    total = 0.
+    for x in batches:
+        total += float(output_loss(*run(x)))
+    return total / len(batches)
+
+
 @MODELS.register_module()
 class OutputTuning:
     """Learn every activation step of the quantized model (LSQ) against the
@@ -106,15 +116,6 @@ class OutputTuning:
             return list(batches), list(batches)
         return list(batches[:-held]), list(batches[-held:])
 
-    @staticmethod
-    @torch.no_grad()
-    def _loss_on(run: PairedForward, output_loss: Callable,
-                 batches) -> float:
-        total = 0.
-        for x in batches:
-            total += float(output_loss(*run(x)))
-        return total / len(batches)
-
     def __call__(self, fp_model: nn.Module, q_model: nn.Module,
                  forward: Forward, batches: Sequence[torch.Tensor],
                  output_loss: Optional[Callable] = None) -> dict:
@@ -150,7 +151,7 @@ class OutputTuning:
         fit, judge = self.split(batches)
         run = PairedForward(fp_model, q_model, forward)
         with observation_disabled(q_model):
-            before = self._loss_on(run, output_loss, judge)
+            before = mean_output_loss(run, output_loss, judge)
             learned_here = [q for q in acts if not q.learnable]
             ranges = [(q.observer.min_val.clone(), q.observer.max_val.clone())
                       for q in learned_here]
@@ -188,7 +189,7 @@ class OutputTuning:
                     q.bake_learned_step()
                 if failed:
                     put_back()
-            after = self._loss_on(run, output_loss, judge)
+            after = mean_output_loss(run, output_loss, judge)
             # data-parallel ranks judge on the mean of their pools, so they
             # keep or put back alike
             losses = torch.tensor([before, after], dtype=torch.float64)
