@@ -30,7 +30,7 @@ def test_generated_batches_stand_in_for_a_dataloader():
     assert isinstance(loop.dataloader, GeneratedBatches)
     assert len(loop.dataloader) == 7 and loop.dataloader.batch_size == 4
     assert loop.dataloader.dataset.metainfo == {}
-    assert not loop.real_data and loop.max_iters == 7 and loop.iter == 0
+    assert loop.max_iters == 7 and loop.iter == 0
 
 
 @pytest.mark.parametrize('kwargs, match', [

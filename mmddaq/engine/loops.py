@@ -69,8 +69,11 @@ class DataFreeTrainLoop(BaseLoop):
 
     The generator is updated every ``generator_interval`` iterations; the
     quantized model every ``quantized_interval`` iterations once the
-    ``warmup_iters`` generator-only iterations are over. If a real
-    ``dataloader`` is given (QAT baseline), its batches are used instead.
+    ``warmup_iters`` generator-only iterations are over. The model draws
+    the inputs from its sample source (the generator; noise, a distilled
+    pool or real images for the baselines), so the loop takes no
+    dataloader: a config with a ``train_dataloader`` is refused rather
+    than silently trained on real data.
 
     Args:
         runner (Runner): The runner.
@@ -82,8 +85,8 @@ class DataFreeTrainLoop(BaseLoop):
             iterations (after warm-up).
         val_begin (int): First iteration that may run validation.
         val_interval (int): Validate every n iterations.
-        dataloader (DataLoader | dict, optional): Real training data, for
-            the QAT baseline only.
+        dataloader (DataLoader | dict, optional): Must be empty (MMEngine's
+            runner passes the config's ``train_dataloader``).
     """
 
     def __init__(self,
@@ -106,12 +109,16 @@ class DataFreeTrainLoop(BaseLoop):
         if warmup_iters < 0 or warmup_iters > max_iters:
             raise ValueError(f'warmup_iters must be in [0, max_iters], '
                              f'got {warmup_iters}')
-        self.real_data = bool(dataloader)
-        if self.real_data:
-            super().__init__(runner, dataloader)
-        else:
-            self._runner = runner
-            self.dataloader = GeneratedBatches(batch_size, max_iters)
+        if dataloader:
+            raise ValueError(
+                'DataFreeTrainLoop draws every batch from the model\'s sample '
+                'source and takes no train_dataloader, but the config has '
+                'one (often inherited from a dataset base): set '
+                '`train_dataloader = None`. To fine-tune on real images (QAT, '
+                'not data-free) give the model sample_source=dict(type='
+                '"mmddaq.RealSamples", dataloader=...).')
+        self._runner = runner
+        self.dataloader = GeneratedBatches(batch_size, max_iters)
         self._max_iters = int(max_iters)
         self._iter = 0
         self._epoch = 0
@@ -144,19 +151,13 @@ class DataFreeTrainLoop(BaseLoop):
         return step_plan(it, self.batch_size, self.warmup_iters,
                          self.generator_interval, self.quantized_interval)
 
-    def _real_batches(self):
-        while True:
-            yield from self.dataloader
-
     def run(self):
         """Run the whole training."""
         self.runner.call_hook('before_train')
         self.runner.call_hook('before_train_epoch')
-        real = self._real_batches() if self.real_data else None
         while self._iter < self._max_iters and not self.stop_training:
             self.runner.model.train()
-            data = next(real) if real is not None else self.plan(self._iter)
-            self.run_iter(data)
+            self.run_iter(self.plan(self._iter))
             if (self.runner.val_loop is not None
                     and self._iter >= self.val_begin
                     and (self._iter % self.val_interval == 0

@@ -1,8 +1,11 @@
 from .generator import Generator
-from .sources import (AlgorithmSamples, AugmentedSamples, GaussianSamples,
-                      HardestSamples, MixedSamples, RealSamples)
+from .sources import (SOURCE_NAMES, AlgorithmSamples, AugmentedSamples,
+                      GaussianSamples, GeneratorSamples, HardestSamples,
+                      MixedSamples, PoolSamples, RealSamples,
+                      build_input_source)
 
 __all__ = [
     'Generator', 'AlgorithmSamples', 'AugmentedSamples', 'GaussianSamples',
-    'HardestSamples', 'MixedSamples', 'RealSamples'
+    'GeneratorSamples', 'HardestSamples', 'MixedSamples', 'PoolSamples',
+    'RealSamples', 'SOURCE_NAMES', 'build_input_source'
 ]

@@ -1,7 +1,18 @@
-"""Sample sources: where a pool of calibration/reconstruction inputs comes
-from. Each returns batches in the model's normalised input space."""
+"""Sample sources: where the inputs of a method come from.
+
+Every source returns inputs in the model's normalised input space, in two
+ways:
+
+- called, ``source(algorithm, num_samples, batch_size)``, it returns a pool
+  of batches (post-training calibration and reconstruction);
+- sources that can feed the training loop also have ``draw(algorithm,
+  batch_size)``, which returns one batch and its generator labels (or
+  None): the algorithm's ``sample_source`` (the generator of DDAQ and
+  GDFQ, Gaussian noise for PTQ, the distilled pool of ZeroQ, real images
+  for QAT).
+"""
 import math
-from typing import List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -9,14 +20,55 @@ from mmengine.runner import Runner
 
 from mmddaq.registry import SAMPLE_SOURCES
 
+#: The names ``DDAQ(sample_source=...)`` accepts for the sources below.
+SOURCE_NAMES = dict(generator='mmddaq.GeneratorSamples',
+                    gaussian='mmddaq.GaussianSamples',
+                    pool='mmddaq.PoolSamples')
+
+
+def build_input_source(source: Union[str, dict]):
+    """Build the source that feeds a training loop one batch at a time.
+
+    Args:
+        source (str | dict): A name of :data:`SOURCE_NAMES` or a sample
+            source config with a ``draw`` method.
+
+    Returns:
+        The sample source.
+    """
+    if isinstance(source, str):
+        if source not in SOURCE_NAMES:
+            raise ValueError(f'unknown sample_source "{source}"; choose '
+                             f'from {", ".join(SOURCE_NAMES)} or give a '
+                             'sample source config')
+        source = dict(type=SOURCE_NAMES[source])
+    if not isinstance(source, dict) or 'type' not in source:
+        raise TypeError('sample_source must be a name or a config dict with '
+                        f'a "type", got {source!r}')
+    built = SAMPLE_SOURCES.build(source)
+    if not callable(getattr(built, 'draw', None)):
+        raise TypeError(f'{type(built).__name__} makes pools only and '
+                        'cannot feed the training loop (it has no draw)')
+    return built
+
+
+def _pool(draw: Callable[[int], torch.Tensor], num_samples: int,
+          batch_size: int) -> List[torch.Tensor]:
+    """``num_samples`` inputs from ``draw(n)`` in batches of
+    ``batch_size``."""
+    return [
+        draw(min(batch_size, num_samples - start)).detach()
+        for start in range(0, num_samples, batch_size)
+    ]
+
 
 @SAMPLE_SOURCES.register_module()
 class AlgorithmSamples:
     """Batches from the algorithm's own sample source.
 
-    That is the trained generator (``sample_source='generator'``), Gaussian
-    noise (``'gaussian'``) or the distilled pool (``'pool'``) of the
-    :class:`~mmddaq.models.DDAQ` model.
+    That is, whatever the :class:`~mmddaq.models.DDAQ` model's
+    ``sample_source`` draws: its trained generator, Gaussian noise, the
+    distilled pool or real images.
 
     Args:
         generator_mode (str, optional): ``'train'``: the generator draws
@@ -52,31 +104,80 @@ class AlgorithmSamples:
     @staticmethod
     def _draw(algorithm, num_samples: int,
               batch_size: int) -> List[torch.Tensor]:
-        batches = []
-        for start in range(0, num_samples, batch_size):
-            n = min(batch_size, num_samples - start)
-            x, _ = algorithm.sample_inputs(n)
-            batches.append(x.detach())
-        return batches
+        return _pool(lambda n: algorithm.sample_inputs(n)[0], num_samples,
+                     batch_size)
+
+
+@SAMPLE_SOURCES.register_module()
+class GeneratorSamples:
+    """The algorithm's generator (DDAQ, GDFQ-style, Genie-style).
+
+    ``draw`` keeps the graph to the generator when autograd is on (the
+    generator's update); pools are drawn without it.
+    """
+
+    needs_generator = True
+
+    def draw(self, algorithm, batch_size: int) -> Tuple[torch.Tensor, Any]:
+        generator = getattr(algorithm, 'generator', None)
+        if generator is None:
+            raise RuntimeError('GeneratorSamples: the algorithm has no '
+                               'generator')
+        z, labels = generator.sample_noise(batch_size, algorithm.device_of())
+        return generator(z, labels), labels
+
+    @torch.no_grad()
+    def __call__(self, algorithm, num_samples: int,
+                 batch_size: int) -> List[torch.Tensor]:
+        return _pool(lambda n: self.draw(algorithm, n)[0], num_samples,
+                     batch_size)
 
 
 @SAMPLE_SOURCES.register_module()
 class GaussianSamples:
-    """Standard normal noise in the normalised input space."""
+    """Standard normal noise in the normalised input space (naive PTQ)."""
+
+    def draw(self, algorithm, batch_size: int) -> Tuple[torch.Tensor, None]:
+        return torch.randn(batch_size, *algorithm.input_shape,
+                           device=algorithm.device_of()), None
 
     def __call__(self, algorithm, num_samples: int,
                  batch_size: int) -> List[torch.Tensor]:
-        device = algorithm.device_of()
-        return [
-            torch.randn(min(batch_size, num_samples - s),
-                        *algorithm.input_shape, device=device)
-            for s in range(0, num_samples, batch_size)
-        ]
+        return _pool(lambda n: self.draw(algorithm, n)[0], num_samples,
+                     batch_size)
+
+
+@SAMPLE_SOURCES.register_module()
+class PoolSamples:
+    """Random draws from the algorithm's fixed ``sample_pool`` (ZeroQ-style:
+    inputs distilled from BN statistics by :class:`DistilledSamplesHook`).
+    """
+
+    def draw(self, algorithm, batch_size: int) -> Tuple[torch.Tensor, None]:
+        pool = algorithm.sample_pool
+        if pool.numel() == 0:
+            raise RuntimeError(
+                'the sample source is the distilled pool but the pool is '
+                'empty: add DistilledSamplesHook to custom_hooks.')
+        idx = torch.randint(0, len(pool), (batch_size, ))
+        return pool[idx.to(pool.device)], None
+
+    def __call__(self, algorithm, num_samples: int,
+                 batch_size: int) -> List[torch.Tensor]:
+        return _pool(lambda n: self.draw(algorithm, n)[0], num_samples,
+                     batch_size)
 
 
 @SAMPLE_SOURCES.register_module()
 class RealSamples:
     """Real images from a dataloader config (not data-free: an upper bound).
+
+    As a pool, the first ``num_samples`` images of one pass. As the
+    training loop's source (``DDAQ(sample_source=dict(type=
+    'mmddaq.RealSamples', dataloader=...))``: QAT with KD), ``draw``
+    returns the next ``batch_size`` images, preprocessed in training mode,
+    going through the dataloader again when it ends; the dataloader's own
+    batch size only sets how many images are read at a time.
 
     Args:
         dataloader (dict): An MMEngine dataloader config (e.g. the model's
@@ -88,6 +189,31 @@ class RealSamples:
     def __init__(self, dataloader: dict, strict: bool = True) -> None:
         self.dataloader = dataloader
         self.strict = strict
+        self._loader = None
+        self._batches = None
+        self._left: Optional[torch.Tensor] = None
+
+    def _next_inputs(self, algorithm) -> torch.Tensor:
+        if self._loader is None:
+            self._loader = Runner.build_dataloader(self.dataloader)
+        for _ in range(2):  # at most one restart: an empty loader is an error
+            if self._batches is not None:
+                data = next(self._batches, None)
+                if data is not None:
+                    return algorithm.data_preprocessor(data, True)['inputs']
+            self._batches = iter(self._loader)
+        raise ValueError('RealSamples: the dataloader yields no images')
+
+    def draw(self, algorithm, batch_size: int) -> Tuple[torch.Tensor, None]:
+        parts = [] if self._left is None else [self._left]
+        count = sum(len(p) for p in parts)
+        while count < batch_size:
+            x = self._next_inputs(algorithm)
+            parts.append(x)
+            count += len(x)
+        x = torch.cat(parts)
+        self._left = x[batch_size:] if count > batch_size else None
+        return x[:batch_size], None
 
     @torch.no_grad()
     def __call__(self, algorithm, num_samples: int,

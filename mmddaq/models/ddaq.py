@@ -11,6 +11,7 @@ from mmengine.registry import MODELS as ROOT_MODELS
 from mmengine.runner import CheckpointLoader
 from torch import nn
 
+from mmddaq.generators import build_input_source
 from mmddaq.importance import (layer_of_each_bn, limit_span,
                                normalize_mean_one, tap_weights)
 from mmddaq.losses import (BNStatisticsLoss, DiscrepancyLoss,
@@ -82,12 +83,16 @@ class DDAQ(BaseModel):
     - quantized model: ``L_Q = kd * KD + q_dis * L_DIS``, with the FP
       outputs of the generator step reused, not recomputed.
 
-    Setting a weight to 0 removes its term (and its computation), which
-    gives the baselines and ablations: GDFQ-style (``dis=q_dis=0``),
-    without D1 (``bns=0``). Without a generator the inputs are Gaussian
-    noise (``sample_source='gaussian'``, naive PTQ calibration), a fixed
-    pool of distilled images (``'pool'``, ZeroQ-style) or, when the loop
-    feeds real batches, real data (QAT with KD).
+    A method is this pipeline with other parts: where the inputs come from
+    (``sample_source``: the generator, Gaussian noise, a distilled pool,
+    real images), how ranges are initialised (observers and calibration
+    hooks) and how the quantized model is refined (KD here, block
+    reconstruction after training in :class:`PostTrainingHook`). Setting a
+    loss weight to 0 removes its term (and its computation): GDFQ-style is
+    ``dis=q_dis=0``, the ablation without D1 ``bns=0``; naive PTQ draws
+    Gaussian noise (``sample_source='gaussian'``) and only calibrates,
+    ZeroQ-style the distilled pool (``'pool'``), QAT real images
+    (``sample_source=dict(type='mmddaq.RealSamples', dataloader=...)``).
 
     Validation and testing run the quantized model (or the FP one with
     ``eval_model='fp'``) exactly as the original model would.
@@ -103,7 +108,12 @@ class DDAQ(BaseModel):
         input_shape (tuple): ``(C, H, W)`` of one model input.
         loss_weights (dict): ``ce``, ``bns``, ``dis``, ``kd``, ``q_dis``,
             ``div``.
-        sample_source (str): ``'generator'``, ``'gaussian'`` or ``'pool'``.
+        sample_source (str | dict): Where each iteration's inputs come
+            from: a sample source config with a ``draw`` method
+            (:mod:`mmddaq.generators.sources`) or one of the names
+            ``'generator'`` (:class:`GeneratorSamples`), ``'gaussian'``
+            (:class:`GaussianSamples`), ``'pool'`` (:class:`PoolSamples`).
+            Defaults to ``'generator'``.
         eval_model (str): ``'quantized'`` or ``'fp'``.
         importance_span (float, optional): Largest ratio between two layer
             (D1) or tap (D2) importance weights; wider raw importance is
@@ -123,7 +133,7 @@ class DDAQ(BaseModel):
                  fp_checkpoint: Optional[str] = None,
                  input_shape=(3, 32, 32),
                  loss_weights: Optional[dict] = None,
-                 sample_source: str = 'generator',
+                 sample_source: Union[str, dict] = 'generator',
                  eval_model: str = 'quantized',
                  importance_span: Optional[float] = 100.,
                  data_preprocessor: Optional[dict] = None,
@@ -142,12 +152,11 @@ class DDAQ(BaseModel):
             raise ValueError(f'unknown loss_weights {sorted(unknown)}; known: '
                              f'{sorted(DEFAULT_LOSS_WEIGHTS)}')
         self.loss_weights = dict(DEFAULT_LOSS_WEIGHTS, **(loss_weights or {}))
-        if sample_source not in ('generator', 'gaussian', 'pool'):
-            raise ValueError(f'unknown sample_source "{sample_source}"')
         if eval_model not in ('quantized', 'fp'):
             raise ValueError(f'eval_model must be quantized/fp, '
                              f'got "{eval_model}"')
-        self.sample_source = sample_source
+        self.sample_source = copy.deepcopy(sample_source)
+        self.input_source = build_input_source(sample_source)
         self.eval_model = eval_model
         if importance_span is not None and importance_span < 1:
             raise ValueError('importance_span must be >= 1 or None, got '
@@ -167,10 +176,13 @@ class DDAQ(BaseModel):
         self.adapter = MODELS.build(adapter)
 
         self.generator = None
-        if generator is not None and sample_source == 'generator':
+        if getattr(self.input_source, 'needs_generator', False):
+            if generator is None:
+                raise ValueError(
+                    f'the sample source {type(self.input_source).__name__} '
+                    'needs a generator: give a generator config or another '
+                    'sample_source')
             self.generator = MODELS.build(generator)
-        elif sample_source == 'generator':
-            raise ValueError('sample_source="generator" needs a generator')
         labels = getattr(self.generator, 'num_classes', None)
         classes = self.adapter.num_classes(self.fp_model) \
             if hasattr(self.adapter, 'num_classes') else None
@@ -282,25 +294,13 @@ class DDAQ(BaseModel):
 
     # ------------------------------------------------------------------
     def sample_inputs(self, batch_size: int):
-        """Draw one batch of synthetic inputs from the sample source.
+        """Draw one batch of inputs from the sample source.
 
         Returns:
             tuple[Tensor, Tensor | None]: Inputs (with gradient to the
             generator when it is used) and generator labels or None.
         """
-        device = self.device_of()
-        if self.sample_source == 'generator':
-            z, labels = self.generator.sample_noise(batch_size, device)
-            return self.generator(z, labels), labels
-        if self.sample_source == 'gaussian':
-            return torch.randn(batch_size, *self.input_shape,
-                               device=device), None
-        if self.sample_pool.numel() == 0:
-            raise RuntimeError(
-                'sample_source="pool" but the sample pool is empty: add '
-                'DistilledSamplesHook to custom_hooks.')
-        idx = torch.randint(0, len(self.sample_pool), (batch_size, ))
-        return self.sample_pool[idx.to(self.sample_pool.device)], None
+        return self.input_source.draw(self, batch_size)
 
     @torch.no_grad()
     def generate(self, batch_size: int) -> torch.Tensor:
@@ -390,10 +390,10 @@ class DDAQ(BaseModel):
         batch; gradients are averaged in ``before_step``.
 
         Args:
-            data (dict): Either a step plan from
-                :class:`DataFreeTrainLoop` (``batch_size``,
-                ``update_generator``, ``update_quantized``) or a real batch
-                (``inputs``/``data_samples``) for QAT.
+            data (dict): A step plan from :class:`DataFreeTrainLoop`
+                (``batch_size``, ``update_generator``,
+                ``update_quantized``); the inputs come from the sample
+                source (real images too, for QAT).
             optim_wrapper (OptimWrapperDict): Wrappers ``generator`` (if a
                 generator is used) and ``quantized``.
             before_step (Callable, optional): Called with the parameters
@@ -406,13 +406,15 @@ class DDAQ(BaseModel):
             dict[str, Tensor]: Logged losses.
         """
         w = self.loss_weights
-        is_plan = isinstance(data, dict) and 'batch_size' in data
-        if is_plan:
-            update_g = bool(data.get('update_generator', True)) and \
-                self.generator is not None
-            update_q = bool(data.get('update_quantized', True))
-        else:  # a real batch: QAT with KD
-            update_g, update_q, labels = False, True, None
+        if not (isinstance(data, dict) and 'batch_size' in data):
+            raise TypeError(
+                'DDAQ.train_step takes a step plan of DataFreeTrainLoop '
+                '(batch_size, update_generator, update_quantized), not a '
+                'data batch; for real images use sample_source=dict(type='
+                '"mmddaq.RealSamples", dataloader=...)')
+        update_g = bool(data.get('update_generator', True)) and \
+            self.generator is not None
+        update_q = bool(data.get('update_quantized', True))
         # no adversarial D2 while ranges are calibrated: the generator would
         # push activations out of range and the observers would follow
         calibrating = self.calibrating()
@@ -422,12 +424,9 @@ class DDAQ(BaseModel):
         q_params = [p for p in self.quantized.parameters() if p.requires_grad]
         # AmpOptimWrapper (``--amp``): every forward pass under autocast
         with optim_wrapper['quantized'].optim_context(self):
-            if is_plan:
-                # no generator graph when the generator is not updated
-                with torch.set_grad_enabled(update_g):
-                    x, labels = self.sample_inputs(int(data['batch_size']))
-            else:
-                x = self.data_preprocessor(data, True)['inputs']
+            # no generator graph when the generator is not updated
+            with torch.set_grad_enabled(update_g):
+                x, labels = self.sample_inputs(int(data['batch_size']))
             fp_out, q_out, losses = self._losses_on(
                 x, labels, need_dis_grad,
                 need_q_grad=update_q or need_dis_grad, need_kd=update_q,
