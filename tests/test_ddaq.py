@@ -15,7 +15,7 @@ from mmddaq.importance import (HessianImportance,
                                UniformImportance, layer_of_each_bn,
                                limit_span, tap_weights)
 from mmddaq.losses import BNStatisticsLoss, DiscrepancyLoss
-from mmddaq.losses.bns_loss import shifted_moments
+from mmddaq.losses.bns_loss import bn_statistics_loss, shifted_moments
 from mmddaq.losses.discrepancy_loss import normalized_mse
 from mmddaq.quantization import freeze_activations, quantized_layers
 
@@ -86,16 +86,34 @@ def test_bns_loss_small_on_matching_batch_and_weighted():
         model(data)
     model.eval()
     loss = BNStatisticsLoss(model)
-    loss.enabled = True
-    model(data)
+    with loss.recording():
+        model(data)
     matched = float(loss())
-    model(torch.randn(256, 3, 8, 8))
+    with pytest.raises(RuntimeError, match='saw no forward pass'):
+        loss()  # the recorded moments were used up
+    model(data)  # outside recording(): nothing is recorded
+    with pytest.raises(RuntimeError, match='saw no forward pass'):
+        loss()
+    noise = torch.randn(256, 3, 8, 8)
+    with loss.recording():
+        model(noise)
     mismatched = float(loss())
     assert matched < 0.02 < mismatched
+    # the plain function on recorded moments is the same loss
+    with loss.recording() as moments:
+        model(noise)
+    assert set(moments) == {'bn1', 'bn2'}
+    assert float(bn_statistics_loss(
+        moments, dict(bn1=model.bn1, bn2=model.bn2))) == \
+        pytest.approx(mismatched)
     loss.set_layer_weights({'bn1': 2.0, 'bn2': 0.0})
-    model(torch.randn(256, 3, 8, 8))
-    weighted = loss()
-    assert weighted > 0
+    with loss.recording():
+        model(noise)
+    weighted = float(loss())
+    mean1, var1 = shifted_moments(model.conv1(noise), model.bn1.running_mean)
+    assert weighted == pytest.approx(
+        float(torch.norm(mean1) + torch.norm(var1 - model.bn1.running_var)),
+        rel=1e-5)  # 2 * bn1's distance / 2 layers
     with pytest.raises(ValueError, match='no BatchNorm'):
         BNStatisticsLoss(nn.Sequential(nn.Conv2d(3, 3, 1)))
 

@@ -1,11 +1,12 @@
 """D1: the BatchNorm-statistics discriminator."""
-from typing import Dict, List, Optional
+from typing import Dict, List, Mapping, Optional
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmddaq.registry import MODELS
+from mmddaq.utils.recorder import OutputRecorder
 
 
 def batchnorm_layers(model: nn.Module) -> List[str]:
@@ -46,12 +47,44 @@ def shifted_moments(x: torch.Tensor, shift: torch.Tensor) -> tuple:
     return mean_shift, var
 
 
+def bn_input_moments(bn: nn.Module, inputs: tuple, output) -> tuple:
+    """Recorded per BN call: its input's :func:`shifted_moments` around the
+    layer's running mean."""
+    return shifted_moments(inputs[0], bn.running_mean)
+
+
+def bn_statistics_loss(moments: Mapping[str, list],
+                       bns: Mapping[str, nn.Module],
+                       weights: Optional[Mapping[str, float]] = None
+                       ) -> torch.Tensor:
+    """D1 of one batch: ``sum_l w_l (||mu_l(x) - mu_l|| + ||var_l(x) -
+    var_l||) / L``.
+
+    Args:
+        moments (Mapping[str, list]): BN name -> recorded
+            :func:`bn_input_moments` (one per call; the last one counts).
+        bns (Mapping[str, nn.Module]): The ``L`` BN layers by name.
+        weights (Mapping[str, float], optional): Per-layer weights (1 for
+            layers missing there).
+
+    Returns:
+        Tensor: The loss.
+    """
+    total = 0.
+    for name, calls in moments.items():
+        mean_shift, var = calls[-1]
+        dist = torch.norm(mean_shift) + torch.norm(var - bns[name].running_var)
+        total = total + float((weights or {}).get(name, 1.)) * dist
+    return total / len(bns)
+
+
 @MODELS.register_module()
 class BNStatisticsLoss(nn.Module):
     """Distance between batch statistics and a model's BN running statistics.
 
-    Hooks on the inputs of the full-precision model's BatchNorm layers
-    record the per-channel mean and variance of each batch; the loss is
+    Inside :meth:`recording`, hooks on the full-precision model's BatchNorm
+    layers record the per-channel mean and variance of each batch's input
+    (an :class:`OutputRecorder`); calling the module then returns
 
     ``sum_l w_l (||mu_l(x) - mu_l||_2 + ||var_l(x) - var_l||_2) / L``
 
@@ -82,24 +115,14 @@ class BNStatisticsLoss(nn.Module):
             n: 1.0
             for n in self.layer_names
         }
-        self._stats: Dict[str, tuple] = {}
         modules = dict(model.named_modules())
         self._bns = {n: modules[n] for n in self.layer_names}
-        self._handles = [
-            modules[n].register_forward_hook(self._make_hook(n))
-            for n in self.layer_names
-        ]
-        self.enabled = False
+        self._recorder = OutputRecorder(model, self.layer_names,
+                                        record=bn_input_moments)
 
-    def _make_hook(self, name):
-
-        def hook(module, inputs, output):
-            if not self.enabled:
-                return
-            self._stats[name] = shifted_moments(inputs[0],
-                                                module.running_mean)
-
-        return hook
+    def recording(self):
+        """Context in which forward passes of the model are recorded."""
+        return self._recorder.recording()
 
     def set_layer_weights(self, weights: Dict[str, float]) -> None:
         """Set per-BN-layer weights (missing layers keep weight 1)."""
@@ -110,20 +133,15 @@ class BNStatisticsLoss(nn.Module):
 
     def remove(self) -> None:
         """Detach the hooks from the model."""
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        self._recorder.remove()
 
     def forward(self) -> torch.Tensor:
-        """Loss of the batch seen by the last recorded forward pass."""
-        if not self._stats:
+        """Loss of the batch seen by the last recorded forward pass (the
+        recorded moments are dropped)."""
+        moments, self._recorder.outputs = self._recorder.outputs, {}
+        if not moments:
             raise RuntimeError(
-                'BNStatisticsLoss saw no forward pass: enable it and run '
-                'the full-precision model first.')
-        total = 0.
-        for name, (mean_shift, var) in self._stats.items():
-            bn = self._bns[name]
-            dist = torch.norm(mean_shift) + torch.norm(var - bn.running_var)
-            total = total + self.layer_weights[name] * dist
-        self._stats = {}
-        return self.loss_weight * total / len(self.layer_names)
+                'BNStatisticsLoss saw no forward pass: run the '
+                'full-precision model inside its recording() first.')
+        return self.loss_weight * bn_statistics_loss(
+            moments, self._bns, self.layer_weights)

@@ -1,7 +1,7 @@
+from mmddaq.utils.recorder import OutputRecorder
 from .adapters import (ClassifierAdapter, OneStageDetectorAdapter,
                        TwoStageDetectorAdapter)
 from .ddaq import DDAQ
-from .recorder import OutputRecorder
 from .wrappers import DDAQDataParallel
 
 __all__ = [

@@ -1,5 +1,6 @@
 """The DDAQ algorithm: FP model, quantized model and generator together."""
 import copy
+from contextlib import nullcontext
 import logging
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
@@ -21,7 +22,7 @@ from mmddaq.quantization import (activation_quantizers, observation_disabled,
 from mmddaq.registry import MODELS
 from mmddaq.utils.checkpoint import load_checkpoint_safe, state_dict_mismatch
 from mmddaq.utils.nested import detach_nested, flatten_tensors
-from .recorder import OutputRecorder
+from mmddaq.utils.recorder import OutputRecorder
 
 DEFAULT_LOSS_WEIGHTS = dict(ce=1.0, bns=0.1, dis=1.0, kd=1.0, q_dis=1.0,
                             div=0.)
@@ -341,14 +342,9 @@ class DDAQ(BaseModel):
         """
         w = self.loss_weights
         use_d1 = self.bns_loss is not None and x.requires_grad
-        if use_d1:
-            self.bns_loss.enabled = True
-        try:
-            with self._fp_rec.recording() as fp_feats:
-                fp_out = self.adapter.forward(self.fp_model, x)
-        finally:
-            if use_d1:
-                self.bns_loss.enabled = False
+        with self._fp_rec.recording() as fp_feats, \
+                self.bns_loss.recording() if use_d1 else nullcontext():
+            fp_out = self.adapter.forward(self.fp_model, x)
         losses = {}
         if use_d1:
             losses['loss_bns'] = self.bns_loss()

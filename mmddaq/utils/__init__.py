@@ -6,11 +6,13 @@ from .checkpoint import (UnsafeCheckpointError,
                          load_checkpoint_safe, load_from_local_safe,
                          register_safe_globals, state_dict_mismatch)
 from .last_checkpoint import read_last_checkpoint, resume_hint
+from .recorder import OutputRecorder
 
 __all__ = [
     'UnsafeCheckpointError', 'register_safe_globals',
     'install_safe_checkpoint_loading', 'load_from_local_safe',
     'load_checkpoint_safe', 'ATOMIC_BACKEND', 'AtomicLocalBackend',
     'atomic_write_bytes', 'atomic_write_text', 'remove_stale_temp_files',
-    'read_last_checkpoint', 'resume_hint', 'state_dict_mismatch'
+    'read_last_checkpoint', 'resume_hint', 'state_dict_mismatch',
+    'OutputRecorder'
 ]

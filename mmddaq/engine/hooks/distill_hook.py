@@ -53,9 +53,8 @@ class DistilledSamplesHook(Hook):
                 x.requires_grad_(True)
                 opt = torch.optim.Adam([x], lr=self.lr)
                 for _ in range(self.iters):
-                    loss_fn.enabled = True
-                    model.adapter.forward(model.fp_model, x)
-                    loss_fn.enabled = False
+                    with loss_fn.recording():
+                        model.adapter.forward(model.fp_model, x)
                     loss = loss_fn()
                     opt.zero_grad()
                     loss.backward()

@@ -1,12 +1,22 @@
-"""Record intermediate outputs of named submodules with forward hooks."""
+"""Record what named submodules see in a forward pass, with forward hooks.
+
+The one mechanism behind every loss that reads inside a model: the
+discrepancy discriminator's taps record outputs, the BN-statistics
+discriminator records each BN input's moments.
+"""
 import contextlib
-from typing import Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from torch import nn
 
 
+def module_output(module: nn.Module, inputs: tuple, output: Any) -> Any:
+    """What :class:`OutputRecorder` keeps by default: the output."""
+    return output
+
+
 class OutputRecorder:
-    """Keep the outputs of named submodules of a model until popped.
+    """Keep what named submodules of a model compute, per call.
 
     Hooks are attached once and stay until :meth:`remove`, but record only
     inside :meth:`recording`; other forward passes of the model (importance
@@ -17,10 +27,15 @@ class OutputRecorder:
     Args:
         model (nn.Module): The model to watch.
         names (Sequence[str]): Names of submodules (``model.named_modules``).
+        record (Callable, optional): ``record(module, inputs, output)``
+            returns what is kept of a call (e.g. the moments of a BN
+            layer's input); the output by default.
     """
 
-    def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
+    def __init__(self, model: nn.Module, names: Sequence[str],
+                 record: Optional[Callable] = None) -> None:
         self.names: List[str] = list(names)
+        self.record = record or module_output
         self.outputs: Dict[str, list] = {}
         self.enabled = False
         modules = dict(model.named_modules())
@@ -38,7 +53,8 @@ class OutputRecorder:
 
         def hook(module, inputs, output):
             if self.enabled:
-                self.outputs.setdefault(name, []).append(output)
+                self.outputs.setdefault(name, []).append(
+                    self.record(module, inputs, output))
 
         return hook
 
@@ -47,8 +63,8 @@ class OutputRecorder:
         """Record the outputs of the passes run inside the block.
 
         Yields:
-            dict[str, list]: Filled with name -> outputs (one per call) as
-            the block runs.
+            dict[str, list]: Filled with name -> recorded values (one per
+            call) as the block runs; it keeps them after the block.
         """
         self.outputs = {}
         self.enabled = True
