@@ -78,16 +78,41 @@ class _Algorithm:
     data_preprocessor = _Preprocessor()
 
 
+class _Loader(list):
+    """Batches of a fake dataloader whose sampler records its epochs."""
+
+    def __init__(self, batches):
+        super().__init__(batches)
+        self.sampler = self
+        self.epochs = []
+
+    def set_epoch(self, epoch):
+        self.epochs.append(epoch)
+
+
 def test_real_samples_draw_exact_batches_and_go_round(monkeypatch):
+    import copy
     images = torch.arange(10.).view(10, 1)
+    built = []
+
+    def build_dataloader(cfg, seed=None):
+        built.append(seed)
+        return _Loader(images.split(3))
+
     monkeypatch.setattr('mmddaq.generators.sources.Runner.build_dataloader',
-                        lambda cfg: list(images.split(3)))
-    source = RealSamples(dataloader=dict())
+                        build_dataloader)
+    source = RealSamples(dataloader=dict(), seed=5)
     seen = torch.cat([source.draw(_Algorithm(), 4)[0] for _ in range(5)])
     # batches of exactly 4, in the dataloader's order, cycling after 10
     assert seen.view(-1).tolist() == [float(i % 10) for i in range(20)]
+    # built once, with the fixed seed; a new sampler epoch for every pass
+    assert built == [5] and source._loader.epochs == [0, 1]
+    # a copy (e.g. of the whole model) starts its own stream
+    twin = copy.deepcopy(source)
+    assert twin.draw(_Algorithm(), 2)[0].view(-1).tolist() == [0., 1.]
+    assert source.draw(_Algorithm(), 2)[0].view(-1).tolist() == [0., 1.]
     monkeypatch.setattr('mmddaq.generators.sources.Runner.build_dataloader',
-                        lambda cfg: [])
+                        lambda cfg, seed=None: [])
     with pytest.raises(ValueError, match='yields no images'):
         RealSamples(dataloader=dict()).draw(_Algorithm(), 2)
 
@@ -99,9 +124,12 @@ def test_train_step_takes_only_step_plans(tiny_fp_checkpoint):
 
 
 def test_loop_refuses_a_train_dataloader():
-    with pytest.raises(ValueError, match='set `train_dataloader = None`'):
-        DataFreeTrainLoop(object(), max_iters=2,
-                          dataloader=dict(batch_size=4, dataset=dict()))
+    from torch.utils.data import DataLoader
+    for loader in (dict(batch_size=4, dataset=dict()), DataLoader([])):
+        with pytest.raises(ValueError, match='set `train_dataloader = None`'):
+            DataFreeTrainLoop(object(), max_iters=2, dataloader=loader)
+    # what the runner passes for `train_dataloader = None`
+    assert DataFreeTrainLoop(object(), max_iters=2, dataloader={}).max_iters
 
 
 def test_qat_is_the_same_loop_with_real_images(tiny_fp_checkpoint, tmp_path):

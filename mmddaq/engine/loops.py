@@ -109,7 +109,8 @@ class DataFreeTrainLoop(BaseLoop):
         if warmup_iters < 0 or warmup_iters > max_iters:
             raise ValueError(f'warmup_iters must be in [0, max_iters], '
                              f'got {warmup_iters}')
-        if dataloader:
+        if dataloader is not None and not (isinstance(dataloader, dict)
+                                           and not dataloader):
             raise ValueError(
                 'DataFreeTrainLoop draws every batch from the model\'s sample '
                 'source and takes no train_dataloader, but the config has '

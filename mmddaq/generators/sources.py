@@ -176,31 +176,51 @@ class RealSamples:
     training loop's source (``DDAQ(sample_source=dict(type=
     'mmddaq.RealSamples', dataloader=...))``: QAT with KD), ``draw``
     returns the next ``batch_size`` images, preprocessed in training mode,
-    going through the dataloader again when it ends; the dataloader's own
-    batch size only sets how many images are read at a time.
+    going through the dataloader again (next sampler epoch) when it ends;
+    the dataloader's own batch size only sets how many images are read at
+    a time. Images of two loader batches are joined, so they must have one
+    size (classifiers; a detector's padded batches differ). The stream's
+    position is not checkpointed: a resumed QAT run starts a new pass.
 
     Args:
-        dataloader (dict): An MMEngine dataloader config (e.g. the model's
-            training split without augmentation).
+        dataloader (dict): An MMEngine dataloader config (a pool: e.g. the
+            model's training split without augmentation; QAT: with it).
         strict (bool): Raise when the dataloader holds fewer images than
             asked for; otherwise return those it has. Defaults to True.
+        seed (int): Seed of the dataloader's sampler (fixed, so every rank
+            builds it without a collective). Defaults to 0.
     """
 
-    def __init__(self, dataloader: dict, strict: bool = True) -> None:
+    def __init__(self, dataloader: dict, strict: bool = True,
+                 seed: int = 0) -> None:
         self.dataloader = dataloader
         self.strict = strict
+        self.seed = int(seed)
         self._loader = None
         self._batches = None
+        self._passes = 0
         self._left: Optional[torch.Tensor] = None
+
+    def __getstate__(self) -> dict:
+        # a dataloader iterator cannot be copied or pickled: a copy starts
+        # its own stream
+        state = dict(self.__dict__)
+        state.update(_loader=None, _batches=None, _passes=0, _left=None)
+        return state
 
     def _next_inputs(self, algorithm) -> torch.Tensor:
         if self._loader is None:
-            self._loader = Runner.build_dataloader(self.dataloader)
+            self._loader = Runner.build_dataloader(self.dataloader,
+                                                   seed=self.seed)
         for _ in range(2):  # at most one restart: an empty loader is an error
             if self._batches is not None:
                 data = next(self._batches, None)
                 if data is not None:
                     return algorithm.data_preprocessor(data, True)['inputs']
+            sampler = getattr(self._loader, 'sampler', None)
+            if hasattr(sampler, 'set_epoch'):
+                sampler.set_epoch(self._passes)
+            self._passes += 1
             self._batches = iter(self._loader)
         raise ValueError('RealSamples: the dataloader yields no images')
 

@@ -305,7 +305,9 @@ class DDAQ(BaseModel):
 
     @torch.no_grad()
     def generate(self, batch_size: int) -> torch.Tensor:
-        """Synthetic inputs for visualisation (normalised input space)."""
+        """A batch of the sample source for visualisation (normalised input
+        space; with real images as the source, they are taken from its
+        stream)."""
         training = self.training
         self.eval()
         try:
