@@ -47,6 +47,85 @@ def test_weight_quantized_once_per_forward(monkeypatch):
     assert model.conv.weight_quantizer._forward_cache is None
 
 
+class TwoConsumers(nn.Module):
+    """A block input read by two convs: conv1 and the downsample."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = QuantConv2d(nn.Conv2d(4, 4, 3, padding=1))
+        self.downsample = QuantConv2d(nn.Conv2d(4, 4, 1))
+
+    def forward(self, x):
+        return self.downsample(x) + self.conv1(x)
+
+
+def test_a_tensor_fed_to_two_layers_is_fake_quantized_once(monkeypatch):
+    from mmddaq.quantization import quantizers
+    model = TwoConsumers()
+    x = torch.randn(2, 4, 8, 8) * 3
+    model(x)  # the same calibration batch: the same range for both
+    freeze_activations(model)
+    calls = []
+    original = quantizers.fake_quantize
+    def counted(*a):  # activations only (weights: 4 output channels)
+        if a[0].shape[0] == 2:
+            calls.append(1)
+        return original(*a)
+
+    monkeypatch.setattr(quantizers, 'fake_quantize', counted)
+
+    def grads(x):
+        x = x.clone().requires_grad_(True)
+        model.zero_grad()
+        model(x).square().sum().backward()
+        return [x.grad] + [p.grad.clone() for p in model.parameters()]
+
+    shared = grads(x)
+    assert len(calls) == 1
+    # the same model with each quantizer computing on its own: identical
+    calls.clear()
+    monkeypatch.setattr(quantizers.ActivationQuantizer, '_fake_quantize_once',
+                        lambda self, x, s, z, grid: counted(
+                            x, s, z, self.bits, self.symmetric))
+    alone = grads(x)
+    assert len(calls) == 2
+    assert all(torch.equal(a, b) for a, b in zip(shared, alone))
+    monkeypatch.undo()
+    monkeypatch.setattr(quantizers, 'fake_quantize', counted)
+    calls.clear()
+    # another grid: each quantizer computes its own result
+    model.downsample.act_quantizer.observer.max_val.mul_(2)
+    grads(x)
+    assert len(calls) == 2
+    # without autograd nothing outlives the first consumer: no reuse
+    calls.clear()
+    model.downsample.act_quantizer.observer.max_val.div_(2)
+    with torch.no_grad():
+        model(x)
+    assert len(calls) == 2
+    # the input changed in place after the first consumer: computed again
+    calls.clear()
+    x = x.clone().requires_grad_(True)
+    h = x * 1
+    first = model.conv1(h)
+    h.add_(1)
+    model.downsample(h)
+    assert len(calls) == 2 and first.requires_grad
+    # a tensor that was fake-quantized still copies and saves
+    import copy
+    import io
+    model.conv1(x)
+    assert getattr(x, '_fake_quantized', None) is not None
+    twin = copy.deepcopy(x)
+    assert torch.equal(twin, x)
+    assert getattr(twin, '_fake_quantized', None) is None
+    buffer = io.BytesIO()
+    torch.save(x, buffer)
+    buffer.seek(0)
+    assert torch.equal(torch.load(buffer, weights_only=False), x)
+
+
 def test_d2_computed_once_same_quantized_update(tiny_fp_checkpoint,
                                                 monkeypatch):
     """The quantized update with one D2 (generator's, FP not detached)

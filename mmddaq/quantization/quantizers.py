@@ -5,6 +5,7 @@ A quantizer owns its range (an observer or a learnable step) and applies
 """
 import contextlib
 import math
+import weakref
 from typing import Optional
 
 import torch
@@ -208,6 +209,22 @@ class WeightQuantizer(nn.Module):
                 f', observer={obs}')
 
 
+class _Reusable:
+    """A fake-quantized result an input tensor points to (weakly)."""
+
+    __slots__ = ('key', 'result', 'version')
+
+    def __init__(self, key: tuple, out: torch.Tensor) -> None:
+        self.key = key
+        self.result = weakref.ref(out)
+        self.version = out._version
+
+    def __reduce__(self):
+        # copying or saving the input tensor drops the link (a copy is
+        # another tensor)
+        return type(None), ()
+
+
 @MODELS.register_module()
 class ActivationQuantizer(nn.Module):
     """Per-tensor asymmetric fake quantizer for activations.
@@ -354,16 +371,19 @@ class ActivationQuantizer(nn.Module):
         return bool(host_value(self.frozen, self._host, 'frozen'))
 
     def _frozen_qparams(self, dtype: torch.dtype):
-        """``_range_qparams`` of a frozen range, computed once per range."""
+        """``_range_qparams`` of a frozen range, computed once per range,
+        and the grid as host numbers (one device read per range)."""
         obs = self.observer
         key = (dtype, ) + tuple((id(t), t.data_ptr(), t._version)
                                 for t in (obs.min_val, obs.max_val))
         hit = self._host.get('qparams')
         if hit is None or hit[0] != key:
             scale, zero_point = self._range_qparams()
-            hit = (key, (scale.to(dtype), zero_point.to(dtype)))
+            grid = (float(scale), float(zero_point), self.bits,
+                    self.symmetric, dtype)
+            hit = (key, (scale.to(dtype), zero_point.to(dtype)), grid)
             self._host['qparams'] = hit
-        return hit[1]
+        return hit[1], hit[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Fake-quantize ``x`` (and observe it while calibrating)."""
@@ -384,9 +404,8 @@ class ActivationQuantizer(nn.Module):
             raise RuntimeError(self._uncalibrated_msg())
         if frozen and not self.learnable and \
                 self.observer._pending is None:
-            scale, zero_point = self._frozen_qparams(x.dtype)
-            return fake_quantize(x, scale, zero_point, self.bits,
-                                 self.symmetric)
+            (scale, zero_point), grid = self._frozen_qparams(x.dtype)
+            return self._fake_quantize_once(x, scale, zero_point, grid)
         scale, zero_point = self._range_qparams()
         if self.learnable and frozen:
             _, qmax = quant_range(self.bits, self.symmetric)
@@ -399,6 +418,35 @@ class ActivationQuantizer(nn.Module):
             scale = learned
         return fake_quantize(x, scale.to(x.dtype), zero_point.to(x.dtype),
                              self.bits, self.symmetric)
+
+    def _fake_quantize_once(self, x: torch.Tensor, scale: torch.Tensor,
+                            zero_point: torch.Tensor,
+                            grid: tuple) -> torch.Tensor:
+        """Fake-quantize ``x`` on a frozen grid, once per tensor and grid.
+
+        A tensor that feeds several layers (a block's input: its first conv
+        and the downsample; an FPN level: the class and box towers) reaches
+        one quantizer per layer, usually with the same grid. While autograd
+        keeps the first result alive for the backward pass, the others
+        reuse it: ``x`` holds a weak reference to it, keyed by the grid and
+        both tensors' in-place versions, so the values are exactly what
+        each quantizer would compute.
+        """
+        if not torch.is_grad_enabled() or torch.jit.is_tracing():
+            # nothing outlives the consumer without autograd: no reuse
+            return fake_quantize(x, scale, zero_point, self.bits,
+                                 self.symmetric)
+        hit = getattr(x, '_fake_quantized', None)
+        if hit is not None and hit.key == (grid, x._version):
+            out = hit.result()
+            if out is not None and out._version == hit.version:
+                return out
+        out = fake_quantize(x, scale, zero_point, self.bits, self.symmetric)
+        try:
+            x._fake_quantized = _Reusable((grid, x._version), out)
+        except (AttributeError, RuntimeError, TypeError):
+            pass  # a tensor subclass without attributes: no reuse
+        return out
 
     def extra_repr(self) -> str:
         return (f'bits={self.bits}, symmetric={self.symmetric}, '
