@@ -1,4 +1,6 @@
 """Work a DDAQ iteration no longer does, and proof that nothing changed."""
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -61,13 +63,14 @@ class TwoConsumers(nn.Module):
 
 
 def test_a_tensor_fed_to_two_layers_is_fake_quantized_once(monkeypatch):
-    from mmddaq.quantization import quantizers
+    from mmddaq.quantization import quantize_inputs_once, quantizers
     model = TwoConsumers()
     x = torch.randn(2, 4, 8, 8) * 3
     model(x)  # the same calibration batch: the same range for both
     freeze_activations(model)
     calls = []
     original = quantizers.fake_quantize
+
     def counted(*a):  # activations only (weights: 4 output channels)
         if a[0].shape[0] == 2:
             calls.append(1)
@@ -75,55 +78,60 @@ def test_a_tensor_fed_to_two_layers_is_fake_quantized_once(monkeypatch):
 
     monkeypatch.setattr(quantizers, 'fake_quantize', counted)
 
-    def grads(x):
+    def grads(x, once=True):
         x = x.clone().requires_grad_(True)
         model.zero_grad()
-        model(x).square().sum().backward()
-        return [x.grad] + [p.grad.clone() for p in model.parameters()]
+        calls.clear()
+        with quantize_inputs_once(model) if once else \
+                contextlib.nullcontext():
+            out = model(x)
+        out.square().sum().backward()
+        return [out, x.grad] + [p.grad.clone() for p in model.parameters()]
 
     shared = grads(x)
     assert len(calls) == 1
-    # the same model with each quantizer computing on its own: identical
-    calls.clear()
-    monkeypatch.setattr(quantizers.ActivationQuantizer, '_fake_quantize_once',
-                        lambda self, x, s, z, grid: counted(
-                            x, s, z, self.bits, self.symmetric))
-    alone = grads(x)
+    # each quantizer on its own: the same values and gradients
+    alone = grads(x, once=False)
     assert len(calls) == 2
     assert all(torch.equal(a, b) for a, b in zip(shared, alone))
-    monkeypatch.undo()
-    monkeypatch.setattr(quantizers, 'fake_quantize', counted)
-    calls.clear()
     # another grid: each quantizer computes its own result
     model.downsample.act_quantizer.observer.max_val.mul_(2)
-    grads(x)
+    other = grads(x)
     assert len(calls) == 2
-    # without autograd nothing outlives the first consumer: no reuse
-    calls.clear()
+    assert all(torch.equal(a, b)
+               for a, b in zip(other, grads(x, once=False)))
     model.downsample.act_quantizer.observer.max_val.div_(2)
-    with torch.no_grad():
-        model(x)
-    assert len(calls) == 2
-    # the input changed in place after the first consumer: computed again
-    calls.clear()
-    x = x.clone().requires_grad_(True)
-    h = x * 1
-    first = model.conv1(h)
-    h.add_(1)
-    model.downsample(h)
-    assert len(calls) == 2 and first.requires_grad
-    # a tensor that was fake-quantized still copies and saves
-    import copy
-    import io
-    model.conv1(x)
-    assert getattr(x, '_fake_quantized', None) is not None
-    twin = copy.deepcopy(x)
-    assert torch.equal(twin, x)
-    assert getattr(twin, '_fake_quantized', None) is None
-    buffer = io.BytesIO()
-    torch.save(x, buffer)
-    buffer.seek(0)
-    assert torch.equal(torch.load(buffer, weights_only=False), x)
+    with quantize_inputs_once(model):
+        # without autograd nothing is shared
+        with torch.no_grad():
+            calls.clear()
+            model(x)
+            assert len(calls) == 2
+        # the input changed in place after the first consumer
+        calls.clear()
+        h = x.clone().requires_grad_(True) * 1
+        model.conv1(h)
+        h.add_(1)
+        model.downsample(h)
+        assert len(calls) == 2
+        # the first result changed in place: not reused
+        calls.clear()
+        h = x.clone().requires_grad_(True) * 1
+        first = model.conv1.act_quantizer(h)
+        first.mul_(0)
+        assert torch.equal(model.downsample.act_quantizer(h),
+                           model.conv1.act_quantizer(h.detach()))
+        assert len(calls) == 3
+        # requires_grad switched on between two reads: not reused
+        calls.clear()
+        leaf = x.clone()
+        model.conv1(leaf)
+        leaf.requires_grad_(True)
+        model.downsample(leaf).sum().backward()
+        assert len(calls) == 2 and leaf.grad is not None
+    # nothing is kept after the block, not even across two forwards in it
+    assert all(q._forward_results is None for q in (
+        model.conv1.act_quantizer, model.downsample.act_quantizer))
 
 
 def test_d2_computed_once_same_quantized_update(tiny_fp_checkpoint,

@@ -18,7 +18,8 @@ from mmddaq.importance import (layer_of_each_bn, limit_span,
 from mmddaq.losses import (BNStatisticsLoss, DiscrepancyLoss,
                            pairwise_diversity_loss)
 from mmddaq.quantization import (activation_quantizers, observation_disabled,
-                                 quantize_weights_once, quantized_layers)
+                                 quantize_inputs_once, quantize_weights_once,
+                                 quantized_layers)
 from mmddaq.registry import MODELS
 from mmddaq.utils.checkpoint import load_checkpoint_safe, state_dict_mismatch
 from mmddaq.utils.nested import detach_nested, flatten_tensors
@@ -362,6 +363,7 @@ class DDAQ(BaseModel):
             fp_out_d = detach_nested(fp_out)
             with torch.set_grad_enabled(need_q_grad), \
                     quantize_weights_once(self.quantized), \
+                    quantize_inputs_once(self.quantized), \
                     self._q_rec.recording() as q_feats:
                 q_out = self.adapter.forward(self.quantized, x,
                                              reference=fp_out_d)

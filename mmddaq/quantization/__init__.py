@@ -16,7 +16,8 @@ from .observers import EMAMinMaxObserver, MSEObserver, PercentileObserver
 from .reconstruction import BlockReconstruction, correct_bias
 from .output_tuning import OutputTuning
 from .quantizers import (ActivationQuantizer, CallSiteQuantizer,
-                         WeightQuantizer, quantize_weights_once)
+                         WeightQuantizer, quantize_inputs_once,
+                         quantize_weights_once)
 
 __all__ = [
     'SUPPORTED_BITS', 'calc_qparams', 'check_bits', 'fake_quantize',
@@ -27,7 +28,7 @@ __all__ = [
     'MSEObserver', 'PercentileObserver', 'AdaRoundQuantizer',
     'BlockReconstruction', 'OutputTuning', 'correct_bias', 'dense_head_levels',
     'ActivationQuantizer', 'CallSiteQuantizer', 'WeightQuantizer',
-    'quantize_weights_once',
+    'quantize_inputs_once', 'quantize_weights_once',
     'DEFAULT_CANDIDATES',
     'GreedyBitAllocator', 'LayerCost', 'average_bits',
     'costs_from_sensitivity', 'pinned_layers', 'weight_quant_error',

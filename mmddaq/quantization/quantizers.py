@@ -5,7 +5,6 @@ A quantizer owns its range (an observer or a learnable step) and applies
 """
 import contextlib
 import math
-import weakref
 from typing import Optional
 
 import torch
@@ -209,22 +208,6 @@ class WeightQuantizer(nn.Module):
                 f', observer={obs}')
 
 
-class _Reusable:
-    """A fake-quantized result an input tensor points to (weakly)."""
-
-    __slots__ = ('key', 'result', 'version')
-
-    def __init__(self, key: tuple, out: torch.Tensor) -> None:
-        self.key = key
-        self.result = weakref.ref(out)
-        self.version = out._version
-
-    def __reduce__(self):
-        # copying or saving the input tensor drops the link (a copy is
-        # another tensor)
-        return type(None), ()
-
-
 @MODELS.register_module()
 class ActivationQuantizer(nn.Module):
     """Per-tensor asymmetric fake quantizer for activations.
@@ -267,6 +250,9 @@ class ActivationQuantizer(nn.Module):
         self.observer = build_observer(observer, momentum)
         self.register_buffer('frozen', torch.tensor(False))
         self._host = {}
+        # Not saved: results shared within one forward, see
+        # :func:`quantize_inputs_once`
+        self._forward_results: Optional[dict] = None
         if learnable:
             self.scale = nn.Parameter(torch.tensor(1.))
         else:
@@ -372,15 +358,14 @@ class ActivationQuantizer(nn.Module):
 
     def _frozen_qparams(self, dtype: torch.dtype):
         """``_range_qparams`` of a frozen range, computed once per range,
-        and the grid as host numbers (one device read per range)."""
+        and the range as host numbers (read once per range)."""
         obs = self.observer
         key = (dtype, ) + tuple((id(t), t.data_ptr(), t._version)
                                 for t in (obs.min_val, obs.max_val))
         hit = self._host.get('qparams')
         if hit is None or hit[0] != key:
             scale, zero_point = self._range_qparams()
-            grid = (float(scale), float(zero_point), self.bits,
-                    self.symmetric, dtype)
+            grid = (float(scale), float(zero_point), dtype)
             hit = (key, (scale.to(dtype), zero_point.to(dtype)), grid)
             self._host['qparams'] = hit
         return hit[1], hit[2]
@@ -422,36 +407,58 @@ class ActivationQuantizer(nn.Module):
     def _fake_quantize_once(self, x: torch.Tensor, scale: torch.Tensor,
                             zero_point: torch.Tensor,
                             grid: tuple) -> torch.Tensor:
-        """Fake-quantize ``x`` on a frozen grid, once per tensor and grid.
-
-        A tensor that feeds several layers (a block's input: its first conv
-        and the downsample; an FPN level: the class and box towers) reaches
-        one quantizer per layer, usually with the same grid. While autograd
-        keeps the first result alive for the backward pass, the others
-        reuse it: ``x`` holds a weak reference to it, keyed by the grid and
-        both tensors' in-place versions, so the values are exactly what
-        each quantizer would compute.
-        """
-        if not torch.is_grad_enabled() or torch.jit.is_tracing():
-            # nothing outlives the consumer without autograd: no reuse
+        """Fake-quantize ``x`` on a frozen grid; inside
+        :func:`quantize_inputs_once`, once per tensor and grid."""
+        shared = self._forward_results
+        if shared is None or not torch.is_grad_enabled() or \
+                torch.jit.is_tracing() or torch.compiler.is_compiling():
             return fake_quantize(x, scale, zero_point, self.bits,
                                  self.symmetric)
-        hit = getattr(x, '_fake_quantized', None)
-        if hit is not None and hit.key == (grid, x._version):
-            out = hit.result()
-            if out is not None and out._version == hit.version:
-                return out
+        key = (id(x), x._version, x.requires_grad, grid, self.bits,
+               self.symmetric)
+        hit = shared.get(key)
+        # the entry holds ``x``: no other tensor can have taken its id
+        if hit is not None and hit[1]._version == hit[2]:
+            return hit[1]
         out = fake_quantize(x, scale, zero_point, self.bits, self.symmetric)
-        try:
-            x._fake_quantized = _Reusable((grid, x._version), out)
-        except (AttributeError, RuntimeError, TypeError):
-            pass  # a tensor subclass without attributes: no reuse
+        shared[key] = (x, out, out._version)
         return out
 
     def extra_repr(self) -> str:
         return (f'bits={self.bits}, symmetric={self.symmetric}, '
                 f'learnable={self.learnable}, '
                 f'observer={type(self.observer).__name__}')
+
+
+@contextlib.contextmanager
+def quantize_inputs_once(model: nn.Module):
+    """Within the block, a tensor read by several quantized layers on the
+    same frozen activation grid is fake-quantized once.
+
+    A block's input feeds its first conv and the downsample; an FPN level
+    feeds the class and box towers: one quantizer per layer, usually with
+    the same grid (calibrated on the same tensors). Inside the block, with
+    autograd on, the first result is reused by the others, keyed by the
+    tensor, its in-place version and ``requires_grad``, and the grid;
+    values and gradients are what each quantizer computes on its own.
+    Results are held until the block ends (autograd keeps them for the
+    backward pass anyway): use it around one forward, as
+    :func:`quantize_weights_once`. Without autograd nothing is shared.
+
+    Args:
+        model (nn.Module): The quantized model.
+    """
+    quantizers = [m for m in model.modules()
+                  if isinstance(m, ActivationQuantizer) and m.enabled]
+    shared: dict = {}
+    for q in quantizers:
+        q._forward_results = shared
+    try:
+        yield model
+    finally:
+        for q in quantizers:
+            q._forward_results = None
+        shared.clear()
 
 
 @contextlib.contextmanager
