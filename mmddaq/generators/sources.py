@@ -62,6 +62,16 @@ def _pool(draw: Callable[[int], torch.Tensor], num_samples: int,
     ]
 
 
+class _DrawnPool:
+    """A source whose pool is ``num_samples`` inputs of its own ``draw``."""
+
+    @torch.no_grad()
+    def __call__(self, algorithm, num_samples: int,
+                 batch_size: int) -> List[torch.Tensor]:
+        return _pool(lambda n: self.draw(algorithm, n)[0], num_samples,
+                     batch_size)
+
+
 @SAMPLE_SOURCES.register_module()
 class AlgorithmSamples:
     """Batches from the algorithm's own sample source.
@@ -109,7 +119,7 @@ class AlgorithmSamples:
 
 
 @SAMPLE_SOURCES.register_module()
-class GeneratorSamples:
+class GeneratorSamples(_DrawnPool):
     """The algorithm's generator (DDAQ, GDFQ-style, Genie-style).
 
     ``draw`` keeps the graph to the generator when autograd is on (the
@@ -126,29 +136,18 @@ class GeneratorSamples:
         z, labels = generator.sample_noise(batch_size, algorithm.device_of())
         return generator(z, labels), labels
 
-    @torch.no_grad()
-    def __call__(self, algorithm, num_samples: int,
-                 batch_size: int) -> List[torch.Tensor]:
-        return _pool(lambda n: self.draw(algorithm, n)[0], num_samples,
-                     batch_size)
-
 
 @SAMPLE_SOURCES.register_module()
-class GaussianSamples:
+class GaussianSamples(_DrawnPool):
     """Standard normal noise in the normalised input space (naive PTQ)."""
 
     def draw(self, algorithm, batch_size: int) -> Tuple[torch.Tensor, None]:
         return torch.randn(batch_size, *algorithm.input_shape,
                            device=algorithm.device_of()), None
 
-    def __call__(self, algorithm, num_samples: int,
-                 batch_size: int) -> List[torch.Tensor]:
-        return _pool(lambda n: self.draw(algorithm, n)[0], num_samples,
-                     batch_size)
-
 
 @SAMPLE_SOURCES.register_module()
-class PoolSamples:
+class PoolSamples(_DrawnPool):
     """Random draws from the algorithm's fixed ``sample_pool`` (ZeroQ-style:
     inputs distilled from BN statistics by :class:`DistilledSamplesHook`).
     """
@@ -161,11 +160,6 @@ class PoolSamples:
                 'empty: add DistilledSamplesHook to custom_hooks.')
         idx = torch.randint(0, len(pool), (batch_size, ))
         return pool[idx.to(pool.device)], None
-
-    def __call__(self, algorithm, num_samples: int,
-                 batch_size: int) -> List[torch.Tensor]:
-        return _pool(lambda n: self.draw(algorithm, n)[0], num_samples,
-                     batch_size)
 
 
 @SAMPLE_SOURCES.register_module()
