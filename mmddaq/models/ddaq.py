@@ -1,7 +1,7 @@
 """The DDAQ algorithm: FP model, quantized model and generator together."""
 import copy
-from contextlib import nullcontext
 import logging
+from contextlib import nullcontext
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
