@@ -792,6 +792,30 @@ def test_a_chain_is_one_unit_fitted_on_the_towers_output():
                              chains=chains)
 
 
+
+def test_skipped_modules_keep_their_calibrated_weights():
+    """``skip`` leaves the named modules' units out: their weights and
+    activation steps stay as calibrated, the other units are fitted."""
+    from collections import OrderedDict
+    fp = nn.Sequential(OrderedDict(head=_TowerHead())).eval()
+    gen = torch.Generator().manual_seed(2)
+    batches = [torch.randn(8, 8, 8, 8, generator=gen) for _ in range(2)]
+    q = _quantize(copy.deepcopy(fp), 3, batches, call_sites={'head': 2})
+    before = copy.deepcopy(q.state_dict())
+    results = BlockReconstruction(iters=20, batch_size=8,
+                                  skip=['head.convs'])(
+        fp, q, lambda m, b: m(b), batches)
+    assert [r['name'] for r in results] == ['head.out']
+    after = q.state_dict()
+    for key, value in before.items():
+        if key.startswith('head.convs.'):
+            assert torch.equal(after[key], value), key
+    assert any(not torch.equal(after[k], v) for k, v in before.items()
+               if k.startswith('head.out.') and k in after)
+    with pytest.raises(ValueError, match="'roi_head'"):
+        BlockReconstruction(iters=1, skip='roi_head')(
+            fp, q, lambda m, b: m(b), batches)
+
 def test_learned_biases_absorb_a_mean_shift():
     """A unit whose quantized copy has shifted biases (as 4-bit activations
     shift a layer's output mean): with ``bias_lr`` reconstruction moves the

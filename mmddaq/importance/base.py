@@ -6,6 +6,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmddaq.quantization import quantized_layers
+from mmddaq.utils.recorder import run_with_hooks
 
 
 def normalize_mean_one(scores: Dict[str, float]) -> Dict[str, float]:
@@ -109,12 +110,7 @@ def layer_of_each_bn(model: nn.Module, run: Callable[[], object],
             m.register_forward_pre_hook(
                 lambda mod, inp, name=name, kind=kind: order.append(
                     (kind, name))))
-    try:
-        with torch.no_grad():
-            run()
-    finally:
-        for h in handles:
-            h.remove()
+    run_with_hooks(handles, run)
     mapping, last = {}, None
     for kind, name in order:
         if kind == 'layer':

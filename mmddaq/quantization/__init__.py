@@ -14,6 +14,7 @@ from .modules import QuantConv2d, QuantLinear
 from .adaround import AdaRoundQuantizer
 from .observers import EMAMinMaxObserver, MSEObserver, PercentileObserver
 from .reconstruction import BlockReconstruction, correct_bias
+from .equalization import StreamEqualization, stream_writers
 from .output_tuning import OutputTuning
 from .quantizers import (ActivationQuantizer, CallSiteQuantizer,
                          WeightQuantizer, quantize_inputs_once,
@@ -26,7 +27,8 @@ __all__ = [
     'step_activation_observers', 'quantizable_layers',
     'quantized_layers', 'QuantConv2d', 'QuantLinear', 'EMAMinMaxObserver',
     'MSEObserver', 'PercentileObserver', 'AdaRoundQuantizer',
-    'BlockReconstruction', 'OutputTuning', 'correct_bias', 'dense_head_levels',
+    'BlockReconstruction', 'StreamEqualization', 'stream_writers',
+    'OutputTuning', 'correct_bias', 'dense_head_levels',
     'ActivationQuantizer', 'CallSiteQuantizer', 'WeightQuantizer',
     'quantize_inputs_once', 'quantize_weights_once',
     'DEFAULT_CANDIDATES',

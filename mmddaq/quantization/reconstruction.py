@@ -26,6 +26,7 @@ from torch.nn import functional as F
 from mmddaq.registry import MODELS
 from mmddaq.utils.atomic_io import atomic_write_bytes
 from mmddaq.utils.nested import flatten_tensors
+from mmddaq.utils.recorder import run_with_hooks
 from .adaround import AdaRoundQuantizer, TemperatureDecay
 from .model_quantizer import (activation_quantizers, observation_disabled,
                               quantized_layers)
@@ -88,12 +89,7 @@ def execution_order(model: nn.Module, run: Callable[[], object],
             lambda mod, inp, n=n: order.append(n) if n not in order else None)
         for n in names
     ]
-    try:
-        with torch.no_grad():
-            run()
-    finally:
-        for h in handles:
-            h.remove()
+    run_with_hooks(handles, run)
     return order
 
 
@@ -624,6 +620,10 @@ class BlockReconstruction:
             measured once on the pool before any unit is reconstructed)
             plus this floor; multiplies ``focus`` if both are set. ``None``
             (default): off.
+        skip (Sequence[str]): Names of modules whose units are left as
+            calibration made them (nearest rounding, steps as calibrated),
+            e.g. ``('roi_head',)`` for a two-stage detector's RoI head;
+            each must hold at least one unit. Defaults to none.
         log_interval (int): Log every n units (0: only the summary).
     """
 
@@ -649,6 +649,7 @@ class BlockReconstruction:
                  holdout: float = 0.,
                  focus: Optional[float] = None,
                  sensitivity: Optional[float] = None,
+                 skip: Sequence[str] = (),
                  log_interval: int = 1) -> None:
         if iters < 1 or batch_size < 1:
             raise ValueError('iters and batch_size must be >= 1')
@@ -687,6 +688,9 @@ class BlockReconstruction:
             raise ValueError(
                 f'sensitivity must be >= 0 (or None), got {sensitivity}')
         self.sensitivity = None if sensitivity is None else float(sensitivity)
+        if isinstance(skip, str):
+            skip = (skip, )
+        self.skip = tuple(skip)
         self.log_interval = log_interval
 
     def __call__(self, fp_model: nn.Module, q_model: nn.Module,
@@ -723,7 +727,7 @@ class BlockReconstruction:
         """
         units = execution_order(
             q_model, lambda: forward(q_model, batches[0]),
-            reconstruction_units(q_model, self.block_types, self.chains))
+            self._units(q_model))
         maps = self._focus_maps(fp_model, forward, batches, score_map)
         unit_maps = {}
         if self.sensitivity is not None:
@@ -762,6 +766,22 @@ class BlockReconstruction:
                     f'{time.perf_counter() - start:.0f} s total)',
                     logger='current')
         return results
+
+    def _units(self, q_model: nn.Module) -> List[str]:
+        """The units to reconstruct: all but those inside ``skip``."""
+        units = reconstruction_units(q_model, self.block_types, self.chains)
+
+        def inside(unit, name):
+            return unit == name or unit.startswith(name + '.')
+
+        unmatched = [n for n in self.skip
+                     if not any(inside(u, n) for u in units)]
+        if unmatched:
+            raise ValueError(f'skip: {unmatched} hold no reconstruction '
+                             'unit of this model (name a module with '
+                             'quantized layers, e.g. \'roi_head\')')
+        return [u for u in units
+                if not any(inside(u, n) for n in self.skip)]
 
     def settings(self) -> dict:
         """The options that decide the result (a resumed run must match)."""

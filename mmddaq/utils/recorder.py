@@ -7,7 +7,20 @@ discriminator records each BN input's moments.
 import contextlib
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+import torch
 from torch import nn
+
+
+def run_with_hooks(handles: Sequence[Any],
+                   run: Callable[[], object]) -> None:
+    """Call ``run()`` without autograd, then remove the hook ``handles``
+    (also when it fails): a one-off look inside a forward pass."""
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def module_output(module: nn.Module, inputs: tuple, output: Any) -> Any:

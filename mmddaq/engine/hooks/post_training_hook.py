@@ -27,7 +27,10 @@ class PostTrainingHook(Hook):
 
     1. a pool of ``num_samples`` inputs is drawn from ``samples`` (the
        trained generator by default, or Gaussian noise, or real images);
-    2. *initialisation*: ``observers`` swaps the range estimators
+    2. *initialisation*: ``equalization`` (e.g.
+       ``dict(type='mmddaq.StreamEqualization')``) first evens out the
+       channel ranges of residual streams in the FP and quantized models
+       alike (function-preserving); ``observers`` swaps the range estimators
        (``dict(weight=..., act=...)``, e.g. ``mmddaq.MSEObserver`` for
        both; weight ranges are searched at once, data-free); with
        ``calibrate=True`` the activation ranges are re-estimated on the pool
@@ -65,6 +68,9 @@ class PostTrainingHook(Hook):
         output_tuning (dict, optional): A last refinement on the pool
             against the task adapter's ``distill_loss``
             (``mmddaq.OutputTuning``); ``None`` (default): none.
+        equalization (dict, optional): Channel-range equalisation run on
+            the pool before calibration (``mmddaq.StreamEqualization``);
+            needs ``calibrate=True``. ``None`` (default): none.
         resumable (bool): Keep the reconstruction's progress in the work
             directory so an interrupted run resumes it. Defaults to True.
     """
@@ -84,6 +90,7 @@ class PostTrainingHook(Hook):
                  reconstruction: Optional[dict] = None,
                  calibration_samples: Optional[dict] = None,
                  output_tuning: Optional[dict] = None,
+                 equalization: Optional[dict] = None,
                  resumable: bool = True) -> None:
         if num_samples < 1 or batch_size < 1:
             raise ValueError('num_samples and batch_size must be >= 1')
@@ -108,6 +115,11 @@ class PostTrainingHook(Hook):
             calibration_samples) if calibration_samples else None
         self.output_tuning = MODELS.build(output_tuning) \
             if output_tuning else None
+        if equalization is not None and not calibrate:
+            raise ValueError('equalization changes activation ranges; it '
+                             'needs calibrate=True')
+        self.equalization = MODELS.build(equalization) \
+            if equalization else None
         self.resumable = bool(resumable)
 
     def after_train(self, runner) -> None:
@@ -137,6 +149,12 @@ class PostTrainingHook(Hook):
                     f'from {type(self.samples).__name__}')
         forward = model.adapter.forward
         fp, q = model.fp_model, model.quantized
+        if self.equalization is not None:
+            scales = self.equalization(fp, q, forward, batches)
+            logger.info('Equalised the channel ranges of stages '
+                        f'{sorted(scales)} (scales '
+                        + ', '.join(f'{s.min():.2f}-{s.max():.2f}'
+                                    for s in scales.values()) + ')')
         if self.observers:
             set_observers(q, **self.observers)
         if self.calibrate:
