@@ -17,6 +17,7 @@ channel (SmoothQuant's migration, applied to a residual stream).
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
+from mmengine.dist import all_reduce
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -199,6 +200,8 @@ class StreamEqualization:
                 t.detach().abs().transpose(0, 1).flatten(1).amax(1)
                 for t in stream]).amax(0))
         act = torch.stack(peaks).mean(0)
+        # data-parallel ranks draw different pools: agree on one scale
+        all_reduce(act, op='mean')
         readers = self._readers(q_model, forward, batches[0], stage)
         if not readers:
             raise ValueError(f'stage {stage}: no quantized layer reads its '
