@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmddaq.registry import MODELS
+from mmddaq.utils.nested import flatten_tensors
 from mmddaq.utils.recorder import run_with_hooks
 
 Forward = Callable[[nn.Module, torch.Tensor], object]
@@ -29,6 +30,11 @@ Forward = Callable[[nn.Module, torch.Tensor], object]
 
 def _last_norm(block: nn.Module) -> nn.Module:
     """The norm whose output a residual block adds to its input."""
+    if getattr(block, 'se_layer', None) is not None or \
+            getattr(block, 'after_conv3_plugin_names', None):
+        raise ValueError(f'{type(block).__name__} has a layer between its '
+                         'last norm and the residual sum (SE / plugin); '
+                         'equalisation does not support it')
     for name in ('norm3', 'norm2'):
         if type(block).__name__ == 'BasicBlock' and name == 'norm3':
             continue
@@ -42,7 +48,8 @@ def _last_norm(block: nn.Module) -> nn.Module:
 def _stem_norm(backbone: nn.Module) -> nn.Module:
     """The norm that writes the first stage's stream (stem's last BN)."""
     if getattr(backbone, 'deep_stem', False):
-        norms = [m for m in backbone.stem if isinstance(m, _BatchNorm)]
+        norms = [m for m in backbone.stem.modules()
+                 if isinstance(m, _BatchNorm)]
         if norms:
             return norms[-1]
     norm = getattr(backbone, 'norm1', None)
@@ -102,9 +109,17 @@ def _stream_tensors(model: nn.Module, backbone: nn.Module, stage: int,
     def grab_output(module, args, output):
         stream.append(output)
 
+    def grab_pooled(module, args, output):
+        # ResNetV1d's downsample pools the stream before its conv
+        if any(args[0] is t for t in stream):
+            stream.append(output)
+
     for b in blocks:
         handles.append(b.register_forward_pre_hook(grab_input))
         handles.append(b.register_forward_hook(grab_output))
+    for name, m in model.named_modules():
+        if isinstance(m, nn.AvgPool2d) and '.downsample.' in f'.{name}.':
+            handles.append(m.register_forward_hook(grab_pooled))
     for name, layer in model.named_modules():
         if isinstance(layer, (nn.Conv2d, nn.Linear)):
             def read(module, args, name=name):
@@ -165,9 +180,14 @@ class StreamEqualization:
                  batches: Sequence[torch.Tensor]) -> Dict[int, torch.Tensor]:
         """Equalise both models in place.
 
+        Everything is checked before anything changes; afterwards the FP
+        model's outputs on the first batch must be what they were (a reader
+        of the stream the tensor identity missed would change them), or
+        both models are put back and a ``ValueError`` raised.
+
         Args:
             fp_model (nn.Module): The FP model (ranges are measured on it).
-            q_model (nn.Module): Its quantized copy.
+            q_model (nn.Module): Its quantized copy (same module names).
             forward (Callable): ``forward(model, x)`` (the task adapter's).
             batches (Sequence[Tensor]): The sample pool.
 
@@ -175,66 +195,103 @@ class StreamEqualization:
             dict[int, Tensor]: Per stage, the scales ``s`` (the stream's
             channel ``c`` is divided by ``s[c]``).
         """
-        result = {}
+        plans = []
         for stage in self.stages:
-            scales = self._scales(fp_model, q_model, forward, batches, stage)
+            act, readers = self._measure(fp_model, forward, batches, stage)
             for model in (fp_model, q_model):
-                self._apply(model, forward, batches[0], stage, scales)
-            result[stage] = scales
-        return result
+                self._check(model, stage, readers, act.numel())
+            scales = self._scales(act, [q_model.get_submodule(n)
+                                        for n in readers])
+            plans.append((stage, readers, scales))
+        x = batches[0]
+        before = flatten_tensors(forward(fp_model, x))
+        saved = [{k: v.clone() for k, v in m.state_dict().items()}
+                 for m in (fp_model, q_model)]
+        for stage, readers, scales in plans:
+            for model in (fp_model, q_model):
+                self._apply(model, stage, readers, scales)
+        after = flatten_tensors(forward(fp_model, x))
+        if not all(torch.allclose(a, b, rtol=1e-3, atol=1e-4 * (
+                b.abs().max().item() + 1e-12)) for a, b in zip(after, before)):
+            for model, state in zip((fp_model, q_model), saved):
+                model.load_state_dict(state)
+            raise ValueError(
+                'equalisation changed the FP model\'s outputs: something '
+                'reads the residual stream in a way it cannot follow (a '
+                'copy, a pooled or reshaped read); the models are as they '
+                'were')
+        return {stage: scales for stage, _, scales in plans}
 
-    def _readers(self, model, forward, x, stage) -> Dict[str, nn.Module]:
-        _, readers = _stream_tensors(model, self._backbone(model), stage,
-                                     lambda: forward(model, x))
-        return readers
-
-    def _scales(self, fp_model, q_model, forward, batches, stage):
+    def _measure(self, fp_model, forward, batches, stage):
+        """Per-channel peak of the stream on the pool, and its readers."""
         backbone = self._backbone(fp_model)
         stream_writers(backbone, stage)  # fails early on another model
-        peaks = []
+        peaks, readers = [], {}
         for x in batches:
-            stream, _ = _stream_tensors(fp_model, backbone, stage,
-                                        lambda: forward(fp_model, x))
+            stream, readers = _stream_tensors(fp_model, backbone, stage,
+                                              lambda: forward(fp_model, x))
             # per channel, the largest magnitude anywhere in the stream
             peaks.append(torch.stack([
-                t.detach().abs().transpose(0, 1).flatten(1).amax(1)
+                t.detach().float().abs().transpose(0, 1).flatten(1).amax(1)
                 for t in stream]).amax(0))
         act = torch.stack(peaks).mean(0)
         # data-parallel ranks draw different pools: agree on one scale
         all_reduce(act, op='mean')
-        readers = self._readers(q_model, forward, batches[0], stage)
         if not readers:
-            raise ValueError(f'stage {stage}: no quantized layer reads its '
-                             'stream')
-        weight = torch.zeros_like(act)
-        for layer in readers.values():
-            w = layer.weight.detach().abs()
-            w = w / w.flatten(1).amax(1).clamp(min=1e-12).view(
-                -1, *[1] * (w.dim() - 1))
-            weight = torch.maximum(
-                weight, w.transpose(0, 1).flatten(1).amax(1).to(act))
-        act = act.clamp(min=1e-8)
-        weight = weight.clamp(min=1e-8)
-        scales = act.pow(self.alpha) / weight.pow(1 - self.alpha)
-        # geometric mean 1, spread bounded
-        scales = scales / scales.log().mean().exp()
-        bound = self.max_scale**0.5
-        return scales.clamp(1 / bound, bound)
+            raise ValueError(f'stage {stage}: no conv or linear layer reads '
+                             'its stream')
+        return act, sorted(readers)
 
-    def _apply(self, model, forward, x, stage, scales) -> None:
-        readers = self._readers(model, forward, x, stage)
+    def _check(self, model, stage, readers, channels) -> None:
+        """Raise if anything of ``model`` cannot be scaled."""
         for norm in stream_writers(self._backbone(model), stage):
             if norm.weight is None or norm.bias is None:
                 raise ValueError('equalisation needs affine norms (a '
                                  'BatchNorm with weight and bias)')
+        for name in readers:
+            layer = model.get_submodule(name)
+            if getattr(layer, 'groups', 1) != 1 or \
+                    layer.weight.shape[1] != channels:
+                raise ValueError(f'{name} reads the stream of stage '
+                                 f'{stage} but not as a dense conv / linear '
+                                 f'over its {channels} channels')
+            quantizer = getattr(layer, 'weight_quantizer', None)
+            if quantizer is not None and quantizer.fixed_scale.numel():
+                raise ValueError(f'{name}: its weight is already rounded '
+                                 'onto a fixed grid (reconstructed); '
+                                 'equalise before reconstruction')
+
+    def _scales(self, act, readers) -> torch.Tensor:
+        """``s = act ** alpha / weight ** (1 - alpha)``, geometric mean 1
+        over the live channels, spread at most ``max_scale``."""
+        weight = torch.zeros_like(act)
+        for layer in readers:
+            w = layer.weight.detach().float().abs()
+            w = w / w.flatten(1).amax(1).clamp(min=1e-12).view(
+                -1, *[1] * (w.dim() - 1))
+            weight = torch.maximum(
+                weight, w.transpose(0, 1).flatten(1).amax(1).to(act))
+        # a dead channel (never active, or read by nothing) keeps scale 1
+        # and does not pull the others' mean
+        live = (act > 1e-6 * act.max()) & (weight > 1e-6)
+        scales = torch.ones_like(act)
+        if live.any():
+            s = act[live].pow(self.alpha) / weight[live].pow(1 - self.alpha)
+            s = s / s.log().mean().exp()
+            bound = self.max_scale**0.5
+            scales[live] = s.clamp(1 / bound, bound)
+        return scales
+
+    def _apply(self, model, stage, readers, scales) -> None:
+        for norm in stream_writers(self._backbone(model), stage):
             norm.weight.div_(scales.to(norm.weight))
             norm.bias.div_(scales.to(norm.bias))
-        for layer in readers.values():
-            if getattr(layer, 'groups', 1) != 1:
-                raise ValueError('a grouped conv reads the stream; '
-                                 'equalisation does not support it')
+        for name in readers:
+            layer = model.get_submodule(name)
             shape = [1, -1] + [1] * (layer.weight.dim() - 2)
             layer.weight.mul_(scales.to(layer.weight).view(shape))
             quantizer = getattr(layer, 'weight_quantizer', None)
-            if quantizer is not None and not quantizer.fixed_scale.numel():
+            if quantizer is not None:
+                # the range search follows the new weight (a learned step
+                # starts again from it)
                 quantizer.init_from(layer.weight)
