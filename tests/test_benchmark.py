@@ -436,25 +436,32 @@ def test_post_training_ab_restores_the_trained_model(tiny_fp_checkpoint,
     monkeypatch.setattr(bench, 'method_config', tiny_config)
 
     def fingerprint(runner):
-        # the quantized model's state as the "metric": equal only if each
-        # variant starts from the model as training left it
-        state = ab.algorithm_of(runner).quantized.state_dict()
+        # the models' state as the "metric": equal only if each variant
+        # starts from the models as training left them
+        algorithm = ab.algorithm_of(runner)
+        states = (algorithm.quantized.state_dict(),
+                  algorithm.fp_model.state_dict())
         return {'accuracy/top1': float(sum(
-            v.double().sum() for v in state.values()
+            v.double().sum() for state in states for v in state.values()
             if v.is_floating_point()))}
 
     monkeypatch.setattr(ab, 'run_test', fingerprint)
     out = str(tmp_path / 'ab.json')
     argv = ['--suite', 'digits', '--split', 'test', '--out', out,
             '--work-root', str(tmp_path / 'runs'),
-            '--variant', 'base', '{}', '--variant', 'again', '{}',
+            '--variant', 'base', '{}',
+            # changes the FP model as well (same function, new scales)
+            '--variant', 'eq', "{'equalization': {'type': "
+            "'mmddaq.StreamEqualization', 'alpha': 1.0}}",
+            '--variant', 'again', '{}',
             '--variant', 'calib', "{'reconstruction': None}"]
     ab.main(argv)
     rows = json.load(open(out))
     value = {r['method']: r['value'] for r in rows}
-    assert sorted(value) == ['ddaq', 'ddaq-again', 'ddaq-calib']
+    assert sorted(value) == ['ddaq', 'ddaq-again', 'ddaq-calib', 'ddaq-eq']
     # the same recipe on the same trained model and seed: the same model
     assert value['ddaq'] == value['ddaq-again'] != value['ddaq-calib']
+    assert value['ddaq-eq'] != value['ddaq']
     assert all(0 < r['post_training_seconds'] < r['seconds'] for r in rows)
     ab.main(argv)  # finished rows are skipped
     assert len(json.load(open(out))) == len(rows)

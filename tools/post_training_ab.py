@@ -144,8 +144,12 @@ def run(args) -> list:
         algorithm = algorithm_of(runner)
         # the recorders' hooks are closures: a copy keeps feeding them
         snapshot = copy.deepcopy(algorithm.quantized)
+        # a variant may change the FP model too (equalisation keeps its
+        # function but rescales it): each starts from the trained one
+        fp_state = copy.deepcopy(algorithm.fp_model.state_dict())
         for variant in todo:
             algorithm.quantized = copy.deepcopy(snapshot)
+            algorithm.fp_model.load_state_dict(fp_state)
             set_random_seed(seed)
             hook = HOOKS.build(apply_variant(post, args.variants[variant]))
             hook.after_train(runner)
