@@ -35,12 +35,10 @@ def _last_norm(block: nn.Module) -> nn.Module:
         raise ValueError(f'{type(block).__name__} has a layer between its '
                          'last norm and the residual sum (SE / plugin); '
                          'equalisation does not support it')
-    for name in ('norm3', 'norm2'):
-        if type(block).__name__ == 'BasicBlock' and name == 'norm3':
-            continue
-        norm = getattr(block, name, None)
-        if isinstance(norm, _BatchNorm):
-            return norm
+    name = 'norm2' if type(block).__name__ == 'BasicBlock' else 'norm3'
+    norm = getattr(block, name, None)
+    if isinstance(norm, _BatchNorm):
+        return norm
     raise ValueError(f'{type(block).__name__} is not a ResNet BasicBlock or '
                      'Bottleneck with BatchNorm (norm2 / norm3)')
 
