@@ -14,7 +14,10 @@ the task adapter's FP-vs-quantized distillation loss on N samples of the
 algorithm's own generator (seeded), i.e. the data-free view of the same
 question; ``--pool N --real`` takes the loss on the first N test-loader
 images instead (does the loss or do the samples disagree with the
-metric?).
+metric?). ``--score map`` replaces the loss by the COCO bbox mAP of the
+quantized detector's boxes against the FP detector's own boxes scoring
+``--score-thr`` or more on the same samples (``mmddaq.apis.agreement``):
+the metric's question, asked of the FP model instead of a dataset.
 
 Groups are the first ``--depth`` parts of the layer names
 (``backbone.layer2``, ``neck.lateral_convs``, ``bbox_head.cls_convs``);
@@ -59,6 +62,12 @@ def parse_args(argv=None):
     p.add_argument('--real', action='store_true',
                    help='--pool: the test loader\'s images instead of '
                    'generated ones')
+    p.add_argument('--score', choices=['kd', 'map'], default='kd',
+                   help='--pool: minus the distillation loss (kd) or the '
+                   'mAP against the FP detector\'s boxes (map)')
+    p.add_argument('--score-thr', type=float, default=0.3,
+                   help='--score map: FP score from which a box counts '
+                   'as an object')
     p.add_argument('--seed', type=int, default=0,
                    help='seed of the --pool samples')
     p.add_argument('--out', required=True, help='JSON rows (a new file)')
@@ -122,10 +131,36 @@ def pool_loss(algorithm, num_samples: int, seed: int, source=None):
     return evaluate
 
 
+def pool_agreement(algorithm, num_samples: int, seed: int, source=None,
+                   score_thr: float = 0.3):
+    """A function giving the quantized detector's COCO mAP against the FP
+    detector's boxes on ``num_samples`` samples (see ``pool_loss``)."""
+    import torch
+
+    from mmddaq.apis.agreement import agreement_map, detect
+    from mmddaq.generators.sources import AlgorithmSamples
+    from mmddaq.quantization import observation_disabled
+    algorithm.eval()
+    torch.manual_seed(seed)
+    batches = (source or AlgorithmSamples())(algorithm, num_samples, 8)
+    reference = [d for x in batches for d in detect(algorithm.fp_model, x)]
+
+    def evaluate() -> float:
+        with observation_disabled(algorithm.quantized):
+            found = [d for x in batches
+                     for d in detect(algorithm.quantized, x)]
+        return agreement_map(reference, found, score_thr)
+
+    return evaluate
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.real and not args.pool:
         raise SystemExit('--real needs --pool N')
+    if args.score != 'kd' and not args.pool:
+        raise SystemExit('--score needs --pool N (the test split has its '
+                         'own metric)')
     check_paths(args)
     cfg = load_config(args.config, {})
     if args.split == 'tune':
@@ -155,8 +190,13 @@ def main(argv=None):
     if args.pool:
         from mmddaq.generators.sources import RealSamples
         source = RealSamples(cfg.test_dataloader) if args.real else None
-        metric, evaluate = 'minus distill_loss', pool_loss(
-            algorithm_of(runner), args.pool, args.seed, source)
+        if args.score == 'map':
+            metric = f'mAP vs FP boxes (score >= {args.score_thr})'
+            evaluate = pool_agreement(algorithm_of(runner), args.pool,
+                                      args.seed, source, args.score_thr)
+        else:
+            metric, evaluate = 'minus distill_loss', pool_loss(
+                algorithm_of(runner), args.pool, args.seed, source)
     else:
         evaluate = test_metric
 
