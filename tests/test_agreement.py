@@ -48,9 +48,10 @@ def test_bad_input_is_named():
         agreement_map(REFERENCE, REFERENCE, score_thr=0.95)
 
 
-def test_detect_runs_an_mmdet_detector_on_a_batch(tmp_path):
+@pytest.mark.parametrize("kind", ["retinanet", "faster_rcnn"])
+def test_detect_runs_an_mmdet_detector_on_a_batch(kind, tmp_path):
     from test_detection import build
-    model, optim = build('retinanet', tmp_path)
+    model, optim = build(kind, tmp_path)
     model.train_step(dict(batch_size=2), optim)
     model.eval()
     x = torch.randn(3, 3, 64, 64)
@@ -62,3 +63,19 @@ def test_detect_runs_an_mmdet_detector_on_a_batch(tmp_path):
             assert len(d['labels']) == len(d['scores'])
     fp = detect(model.fp_model, x)
     assert agreement_map(fp, fp, score_thr=0.) == pytest.approx(1.0)
+
+
+def test_coco_rules_that_hold_here():
+    # a class the reference never has costs nothing (COCO scores only
+    # classes with ground truth); every detection of an image counts
+    extra = [dict(d) for d in REFERENCE]
+    extra[0] = _dets(REFERENCE[0]['bboxes'].tolist() + [[60, 0, 70, 9]] * 5,
+                     REFERENCE[0]['scores'].tolist() + [0.99] * 5,
+                     REFERENCE[0]['labels'].tolist() + [7] * 5)
+    assert agreement_map(REFERENCE, extra) == pytest.approx(1.0)
+    many = [_dets([[i, i, i + 8, i + 8] for i in range(150)], [0.9] * 150,
+                  [0] * 150)]
+    assert agreement_map(many, many) == pytest.approx(1.0)
+    # a reference box without area is no object
+    flat = [_dets([[10, 10, 40, 40], [5, 5, 5, 20]], [0.9, 0.9], [0, 0])]
+    assert agreement_map(flat, flat) == pytest.approx(1.0)

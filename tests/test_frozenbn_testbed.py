@@ -188,12 +188,14 @@ def test_tune_split_replaces_the_reported_one_everywhere(detector_name):
     assert digits.test_dataloader.dataset.split == 'tune'
 
 
-def test_p2a8_config_keeps_only_the_p2_lateral_input_at_8_bits():
+@pytest.mark.parametrize('detector', ['retinanet', 'faster-rcnn'])
+def test_p2a8_config_keeps_only_the_p2_lateral_input_at_8_bits(detector):
     from mmengine.registry import MODELS as MMENGINE_MODELS
 
     from mmddaq.registry import MODELS
     cfg = Config.fromfile(
-        osp.join(CONFIGS, 'ddaq_retinanet_r18-w16_frozenbn_w4a4-p2a8.py'))
+        osp.join(CONFIGS,
+                 f'ddaq_{detector}_r18-w16_frozenbn_w4a4-p2a8.py'))
     init_default_scope('mmdet')
     arch = dict(cfg.model.architecture)
     arch['backbone'] = dict(arch['backbone'], init_cfg=None)
@@ -203,4 +205,7 @@ def test_p2a8_config_keeps_only_the_p2_lateral_input_at_8_bits():
     assert plan['neck.lateral_convs.1.conv'] == (4, 4)
     assert plan['neck.fpn_convs.0.conv'] == (4, 4)
     assert plan['backbone.conv1'] == (8, 8)  # the first/last rule stays
-    assert sum(b == (4, 4) for b in plan.values()) == len(plan) - 4
+    # the first/last rule: the stem and the output layers
+    first_last = len(cfg.model.quantizer.first_last_layers)
+    assert sum(b == (4, 4) for b in plan.values()) == \
+        len(plan) - first_last - 1

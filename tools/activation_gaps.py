@@ -65,9 +65,9 @@ def parse_args(argv=None):
     p.add_argument('--score', choices=['kd', 'map'], default='kd',
                    help='--pool: minus the distillation loss (kd) or the '
                    'mAP against the FP detector\'s boxes (map)')
-    p.add_argument('--score-thr', type=float, default=0.3,
+    p.add_argument('--score-thr', type=float, default=None,
                    help='--score map: FP score from which a box counts '
-                   'as an object')
+                   'as an object (default 0.3)')
     p.add_argument('--seed', type=int, default=0,
                    help='seed of the --pool samples')
     p.add_argument('--out', required=True, help='JSON rows (a new file)')
@@ -144,6 +144,10 @@ def pool_agreement(algorithm, num_samples: int, seed: int, source=None,
     torch.manual_seed(seed)
     batches = (source or AlgorithmSamples())(algorithm, num_samples, 8)
     reference = [d for x in batches for d in detect(algorithm.fp_model, x)]
+    if not any(bool((d['scores'] >= score_thr).any()) for d in reference):
+        raise SystemExit(f'the FP detector finds no box scoring {score_thr} '
+                         'or more on these samples: nothing to compare '
+                         'with (lower --score-thr)')
 
     def evaluate() -> float:
         with observation_disabled(algorithm.quantized):
@@ -161,6 +165,8 @@ def main(argv=None):
     if args.score != 'kd' and not args.pool:
         raise SystemExit('--score needs --pool N (the test split has its '
                          'own metric)')
+    if args.score_thr is not None and args.score != 'map':
+        raise SystemExit('--score-thr is for --score map')
     check_paths(args)
     cfg = load_config(args.config, {})
     if args.split == 'tune':
@@ -191,9 +197,14 @@ def main(argv=None):
         from mmddaq.generators.sources import RealSamples
         source = RealSamples(cfg.test_dataloader) if args.real else None
         if args.score == 'map':
-            metric = f'mAP vs FP boxes (score >= {args.score_thr})'
+            from mmdet.models.detectors import BaseDetector
+            if not isinstance(algorithm_of(runner).fp_model, BaseDetector):
+                raise SystemExit('--score map compares detections: the '
+                                 'config\'s model is not an mmdet detector')
+            thr = 0.3 if args.score_thr is None else args.score_thr
+            metric = f'mAP vs FP boxes (score >= {thr})'
             evaluate = pool_agreement(algorithm_of(runner), args.pool,
-                                      args.seed, source, args.score_thr)
+                                      args.seed, source, thr)
         else:
             metric, evaluate = 'minus distill_loss', pool_loss(
                 algorithm_of(runner), args.pool, args.seed, source)

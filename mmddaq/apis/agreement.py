@@ -42,6 +42,10 @@ def detect(model: nn.Module, inputs: torch.Tensor) -> List[dict]:
     ]
 
 
+def _has_area(bboxes: torch.Tensor) -> torch.Tensor:
+    return (bboxes[:, 2] > bboxes[:, 0]) & (bboxes[:, 3] > bboxes[:, 1])
+
+
 def _coco_boxes(bboxes: torch.Tensor) -> List[List[float]]:
     xy = bboxes[:, :2]
     wh = (bboxes[:, 2:] - bboxes[:, :2]).clamp(min=0)
@@ -54,8 +58,11 @@ def agreement_map(reference: Sequence[dict], detections: Sequence[dict],
 
     Every reference box scoring at least ``score_thr`` is a ground-truth
     object; lower-scoring ones are left out (they are not what the FP
-    detector reports as found). Scored by pycocotools' ``COCOeval``, the
-    evaluator behind mmdet's ``CocoMetric``.
+    detector reports as found), as are boxes without area. Scored by
+    pycocotools' ``COCOeval``, the evaluator behind mmdet's
+    ``CocoMetric``, with COCO's rules: a detection of a class the
+    reference has no box of in the whole set costs nothing (that class is
+    not scored); every detection of an image counts (no 100-box cut).
 
     Args:
         reference (Sequence[dict]): Per image, the reference detector's
@@ -78,9 +85,11 @@ def agreement_map(reference: Sequence[dict], detections: Sequence[dict],
         raise ValueError(f'{len(reference)} reference images but '
                          f'{len(detections)} detected ones')
     images, annotations, results, labels = [], [], [], set()
+    most = 100
     for img_id, (ref, det) in enumerate(zip(reference, detections)):
         images.append(dict(id=img_id))
-        keep = ref['scores'] >= score_thr
+        # a box without area can match nothing: it is not an object
+        keep = (ref['scores'] >= score_thr) & _has_area(ref['bboxes'])
         for box, label in zip(_coco_boxes(ref['bboxes'][keep]),
                               ref['labels'][keep].tolist()):
             annotations.append(
@@ -93,6 +102,7 @@ def agreement_map(reference: Sequence[dict], detections: Sequence[dict],
                                      det['labels'].tolist()):
             results.append(dict(image_id=img_id, category_id=int(label),
                                 bbox=box, score=float(score)))
+        most = max(most, len(det['scores']))
     if not annotations:
         raise ValueError(f'no reference box scores {score_thr} or more: '
                          'nothing to measure agreement against (lower '
@@ -100,7 +110,7 @@ def agreement_map(reference: Sequence[dict], detections: Sequence[dict],
                          'finds objects in)')
     labels |= {r['category_id'] for r in results}
     gt = COCO()
-    gt.dataset = dict(images=images, annotations=annotations,
+    gt.dataset = dict(info={}, images=images, annotations=annotations,
                       categories=[dict(id=c) for c in sorted(labels)])
     with contextlib.redirect_stdout(io.StringIO()):
         gt.createIndex()
@@ -108,10 +118,16 @@ def agreement_map(reference: Sequence[dict], detections: Sequence[dict],
             return 0.
         dt = gt.loadRes(results)
         coco_eval = COCOeval(gt, dt, 'bbox')
+        # every detection counts (COCO's default keeps 100 per image)
+        coco_eval.params.maxDets = [1, 10, most]
         coco_eval.evaluate()
         coco_eval.accumulate()
-        coco_eval.summarize()
-    return max(float(coco_eval.stats[0]), 0.)
+    # what ``summarize`` reports as AP@[.5:.95] (area "all"), at the last
+    # maxDets (summarize itself only looks up 100): precision over IoU
+    # thresholds x recall points x scored classes
+    precision = coco_eval.eval['precision'][:, :, :, 0, -1]
+    scored = precision[precision > -1]
+    return float(scored.mean()) if scored.size else 0.
 
 
 __all__ = ['agreement_map', 'detect']
