@@ -120,6 +120,33 @@ def test_cpu_fake_quantize_is_torchs_kernel_bit_for_bit(
                            ref)
 
 
+@pytest.mark.parametrize('shape', [(), (1, ), (1, 1, 1, 1)])
+def test_one_grid_cpu_path_takes_any_one_element_grid(shape):
+    # the host-number path: values and gradient mask as PyTorch's kernel,
+    # whatever the one-element grid's shape; a value that rounds to zero
+    # from below may come out as -0.0 (equal as a number)
+    from mmddaq.quantization.fake_quant import fake_quantize_cpu
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 3, 5, 5, generator=gen) * 2
+    x.view(-1)[:4] = torch.tensor([-0.01, 0.01, float('inf'), -float('inf')])
+    scale, zp = torch.tensor(0.3), torch.tensor(6.)
+    ref = torch.fake_quantize_per_tensor_affine(x, scale, 6, 0, 15)
+    for grad in (False, True):
+        xi = x.clone().requires_grad_(grad)
+        out = fake_quantize_cpu(xi, scale.reshape(shape), zp.reshape(shape),
+                                0, 15)
+        assert torch.equal(out, ref) and out.shape == x.shape
+        if grad:
+            g, = torch.autograd.grad(out.sum(), xi)
+            xr = x.clone().requires_grad_(True)
+            gr, = torch.autograd.grad(
+                torch.fake_quantize_per_tensor_affine(xr, scale, 6, 0,
+                                                      15).sum(), xr)
+            assert torch.equal(g, gr)
+        else:
+            assert out.grad_fn is None
+
+
 def test_learnable_step_gets_gradient():
     w = torch.randn(4, 8, requires_grad=True)
     wq = WeightQuantizer(bits=4, learnable=True)
