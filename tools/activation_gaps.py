@@ -106,19 +106,25 @@ def plot(rows, metric, path) -> None:
     plt.close(fig)
 
 
+def pool_batches(algorithm, num_samples: int, seed: int, source=None):
+    """``num_samples`` samples in batches of 8 from the algorithm's
+    generator (seeded; in eval mode) or from another sample ``source``."""
+    import torch
+
+    from mmddaq.generators.sources import AlgorithmSamples
+    algorithm.eval()
+    torch.manual_seed(seed)
+    return (source or AlgorithmSamples())(algorithm, num_samples, 8)
+
+
 def pool_loss(algorithm, num_samples: int, seed: int, source=None):
     """A function giving minus the mean FP-vs-quantized distillation loss
     on ``num_samples`` samples of the algorithm's generator (or of another
     sample ``source``)."""
-    import torch
-
-    from mmddaq.generators.sources import AlgorithmSamples
     from mmddaq.quantization import observation_disabled
     from mmddaq.quantization.output_tuning import (PairedForward,
                                                    mean_output_loss)
-    algorithm.eval()
-    torch.manual_seed(seed)
-    batches = (source or AlgorithmSamples())(algorithm, num_samples, 8)
+    batches = pool_batches(algorithm, num_samples, seed, source)
     # (two-stage detectors: the quantized RoI head runs on the FP proposals)
     run = PairedForward(algorithm.fp_model, algorithm.quantized,
                         algorithm.adapter.forward)
@@ -135,14 +141,9 @@ def pool_agreement(algorithm, num_samples: int, seed: int, source=None,
                    score_thr: float = 0.3):
     """A function giving the quantized detector's COCO mAP against the FP
     detector's boxes on ``num_samples`` samples (see ``pool_loss``)."""
-    import torch
-
     from mmddaq.apis.agreement import agreement_map, detect
-    from mmddaq.generators.sources import AlgorithmSamples
     from mmddaq.quantization import observation_disabled
-    algorithm.eval()
-    torch.manual_seed(seed)
-    batches = (source or AlgorithmSamples())(algorithm, num_samples, 8)
+    batches = pool_batches(algorithm, num_samples, seed, source)
     reference = [d for x in batches for d in detect(algorithm.fp_model, x)]
     if not any(bool((d['scores'] >= score_thr).any()) for d in reference):
         raise SystemExit(f'the FP detector finds no box scoring {score_thr} '

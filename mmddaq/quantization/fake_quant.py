@@ -101,15 +101,15 @@ def calc_qparams(min_val: torch.Tensor, max_val: torch.Tensor, bits: int,
     return scale, zero_point
 
 
-def _host_grid(scale: torch.Tensor, zero_point: torch.Tensor, qmin: int,
-               qmax: int) -> Tuple[float, float, float, float]:
-    """A one-element grid as host numbers: ``1 / scale`` (in float32, as
-    the tensor kernels compute it), ``scale`` and the clamp bounds of the
-    rounded ``x / scale`` (``[qmin - z, qmax - z]`` for the integer zero
-    point ``z``; small integers are exact in float32)."""
+def _one_grid_levels(x: torch.Tensor, scale: torch.Tensor,
+                     zero_point: torch.Tensor, qmin: int, qmax: int):
+    """``round(x / scale)`` for a one-element grid read as host numbers
+    (``1 / scale`` in float32, as the tensor kernels compute it), with the
+    step and the clamp bounds ``[qmin - z, qmax - z]`` of the integer zero
+    point ``z`` (small integers are exact in float32)."""
     zp = float(round(float(zero_point)))
-    return (float(torch.reciprocal(scale.float())), float(scale),
-            qmin - zp, qmax - zp)
+    inv = float(torch.reciprocal(scale.float()))
+    return torch.mul(x, inv).round_(), float(scale), qmin - zp, qmax - zp
 
 
 class _FakeQuantizeCPU(torch.autograd.Function):
@@ -130,8 +130,8 @@ class _FakeQuantizeCPU(torch.autograd.Function):
     def forward(ctx, x, scale, zero_point, qmin, qmax):
         if scale.numel() == 1:
             # one grid: four passes over ``x`` with host numbers, not six
-            inv, step, lo, hi = _host_grid(scale, zero_point, qmin, qmax)
-            levels = torch.mul(x, inv).round_()
+            levels, step, lo, hi = _one_grid_levels(x, scale, zero_point,
+                                                    qmin, qmax)
             if ctx.needs_input_grad[0]:
                 ctx.save_for_backward((levels >= lo) & (levels <= hi))
             return levels.clamp_(lo, hi).mul_(step)
@@ -164,8 +164,9 @@ def fake_quantize_cpu(x, scale, zero_point, qmin, qmax):
     one grid for the tensor and no gradient wanted: no autograd node."""
     if scale.numel() == 1 and not (x.requires_grad
                                    and torch.is_grad_enabled()):
-        inv, step, lo, hi = _host_grid(scale, zero_point, qmin, qmax)
-        return torch.mul(x, inv).round_().clamp_(lo, hi).mul_(step)
+        levels, step, lo, hi = _one_grid_levels(x, scale, zero_point, qmin,
+                                                qmax)
+        return levels.clamp_(lo, hi).mul_(step)
     return _FakeQuantizeCPU.apply(x, scale.float(),
                                   zero_point.round().float(), qmin, qmax)
 
