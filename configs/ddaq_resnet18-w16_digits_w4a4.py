@@ -1,4 +1,5 @@
-# DDAQ W4A4 of the digits ResNet-18 (all layers at 4 bits, GDFQ convention).
+# DDAQ W4A4 of the digits ResNet-18 (all layers at 4 bits, the image input at
+# 8: the GDFQ convention, see ModelQuantizer input_bits).
 #   python tools/train.py configs/fp_resnet18-w16_digits.py     # FP model
 #   python tools/train.py configs/ddaq_resnet18-w16_digits_w4a4.py
 # Only the test split is used, for evaluation; training sees no data.

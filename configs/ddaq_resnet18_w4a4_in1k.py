@@ -1,4 +1,5 @@
-# DDAQ W4A4 of mmpretrain's ResNet-18 on ImageNet (all layers 4 bits).
+# DDAQ W4A4 of mmpretrain's ResNet-18 on ImageNet (all layers 4 bits, the image
+# input at 8: ModelQuantizer input_bits, the GDFQ convention).
 # Needs: the ImageNet val set for evaluation only (set data_root below or via
 # --cfg-options), a GPU (~10 GB at batch 64), and the official FP checkpoint
 # (downloaded on first use; point fp_checkpoint at a local copy offline).

@@ -41,7 +41,7 @@ class Model(nn.Module):
 def quantized_pair(call_sites, bits=4):
     torch.manual_seed(0)
     fp = Model().eval()
-    q = ModelQuantizer(w_bits=8, a_bits=bits,
+    q = ModelQuantizer(w_bits=8, a_bits=bits, input_bits=None,
                        call_sites=call_sites).quantize(fp)
     gen = torch.Generator().manual_seed(1)
     calibrate_activations(q)

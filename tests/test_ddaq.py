@@ -136,6 +136,27 @@ def test_shifted_moments_equal_var_mean(shape):
     assert torch.allclose(g, g_ref, atol=1e-6)
 
 
+def test_shifted_moments_backward_is_autograds():
+    """The fused backward equals autograd's through the plain formula, with
+    either output alone or both, and keeps a half input's dtype."""
+    torch.manual_seed(0)
+    x = (torch.randn(6, 3, 4, 5) * 0.5 + 2.0).double().requires_grad_(True)
+    s = torch.randn(3).double()
+    assert torch.autograd.gradcheck(lambda t: shifted_moments(t, s), (x, ))
+    y = x - s.view(1, -1, 1, 1)
+    plain_mean = y.mean((0, 2, 3))
+    plain = (plain_mean, (y * y).mean((0, 2, 3)) - plain_mean**2)
+    for i in (0, 1):
+        g_ref, = torch.autograd.grad(plain[i].sum(), x, retain_graph=True)
+        g, = torch.autograd.grad(shifted_moments(x, s)[i].sum(), x)
+        assert torch.allclose(g, g_ref, atol=1e-12)
+    h = torch.randn(2, 3, 4, 4).half().requires_grad_(True)
+    mean_shift, var = shifted_moments(h, torch.zeros(3))
+    assert mean_shift.dtype == var.dtype == torch.float32
+    (mean_shift.sum() + var.sum()).backward()
+    assert h.grad.dtype == torch.float16
+
+
 # ---------------------------------------------------------------------- D2
 def test_discrepancy_loss():
     d2 = DiscrepancyLoss(['a', 'b'])

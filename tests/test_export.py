@@ -173,7 +173,7 @@ def test_single_layer_export_is_exact(bits, symmetric, tmp_path):
 def test_int4_export_is_exact(bits, symmetric, tmp_path):
     torch.manual_seed(1)
     quantizer = ModelQuantizer(
-        w_bits=bits, a_bits=bits,
+        w_bits=bits, a_bits=bits, input_bits=None,  # the input at `bits` too
         weight_quantizer=dict(symmetric=symmetric),
         act_quantizer=dict(symmetric=symmetric))
     model = quantizer.quantize(ConvBNReLU().eval()).eval()

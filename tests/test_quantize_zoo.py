@@ -285,10 +285,12 @@ def test_layer_count_and_skip(name):
     assert [n for n, _ in quantizable_layers(q)] == skipped
     for n in skipped:
         assert type(q.get_submodule(n)) in (nn.Conv2d, nn.Linear), n
+    first = quantizable_layers(model)[0][0]
     for n, m in wrapped:
         assert isinstance(m, (QuantConv2d, QuantLinear)), n
         assert m.weight is q.get_submodule(n).weight
-        assert (m.w_bits, m.a_bits) == (4, 4)
+        # the stem's input is the image: 8 bits (input_bits)
+        assert (m.w_bits, m.a_bits) == (4, 8 if n == first else 4), n
         # the wrapper still is what it replaced (init / FLOP code keeps
         # working) and keeps the layer's hyper-parameters
         orig = model.get_submodule(n)

@@ -226,7 +226,29 @@ def test_policy_first_last_overrides_and_layer_bits():
         overrides=[dict(pattern='conv2', a_bits=6)]).plan(model)
     assert plan == {'conv1': (8, 8), 'conv2': (4, 6), 'fc': (8, 8)}
     plan = ModelQuantizer(layer_bits={'conv2': (2, 3)}).plan(model)
-    assert plan['conv2'] == (2, 3) and plan['conv1'] == (4, 4)
+    assert plan['conv2'] == (2, 3) and plan['conv1'] == (4, 8)
+
+
+def test_input_bits_rule():
+    """The image (first layer's input) is 8-bit by default, its weights
+    keep ``w_bits``; ``None`` gives it ``a_bits``; later rules win."""
+    model = TinyNet()
+    plan = ModelQuantizer(w_bits=3, a_bits=3).plan(model)
+    assert plan == {'conv1': (3, 8), 'conv2': (3, 3), 'fc': (3, 3)}
+    plan = ModelQuantizer(w_bits=3, a_bits=3, input_bits=None).plan(model)
+    assert plan['conv1'] == (3, 3)
+    assert ModelQuantizer(input_bits=16).plan(model)['conv1'] == (4, 16)
+    # at least input_bits: a float (16) or wider default stays as it is
+    assert ModelQuantizer(w_bits=16, a_bits=16).plan(model)['conv1'] == \
+        (16, 16)
+    plan = ModelQuantizer(
+        input_bits=6, overrides=[dict(pattern='conv1', a_bits=5)]).plan(model)
+    assert plan['conv1'] == (4, 5)
+    assert ModelQuantizer(first_last_bits=2).plan(model)['conv1'] == (2, 2)
+    q = ModelQuantizer(w_bits=3, a_bits=3).quantize(model)
+    assert q.conv1.a_bits == 8 and q.conv1.w_bits == 3 and q.conv2.a_bits == 3
+    with pytest.raises(ValueError, match='input bit-width'):
+        ModelQuantizer(input_bits=1)
 
 
 def test_bad_policies():

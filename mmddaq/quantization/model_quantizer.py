@@ -117,12 +117,15 @@ class ModelQuantizer:
     (later rules win):
 
     1. ``w_bits`` / ``a_bits`` for every layer;
-    2. ``first_last_bits``: the first and the last quantizable layer (in
-       module order) get this many bits for weight and activation
-       (``None``: no exception, the GDFQ convention);
-    3. ``overrides``: ``dict(pattern=..., w_bits=..., a_bits=...)`` rules
+    2. ``input_bits``: the input of the first quantizable layer (in module
+       order: the stem conv that reads the image) gets at least this many
+       bits, its weights keep ``w_bits``;
+    3. ``first_last_bits``: the first and the last quantizable layer get
+       this many bits for weight and activation (``None``: no exception,
+       the GDFQ convention);
+    4. ``overrides``: ``dict(pattern=..., w_bits=..., a_bits=...)`` rules
        whose shell-style ``pattern`` matches layer names;
-    4. ``layer_bits``: ``{name: (w_bits, a_bits)}``, or ``{name: w_bits}``
+    5. ``layer_bits``: ``{name: (w_bits, a_bits)}``, or ``{name: w_bits}``
        to set the weight bits only (activations keep the bits of the rules
        above), e.g. a mixed-precision allocation.
 
@@ -135,6 +138,17 @@ class ModelQuantizer:
             quantizer (``symmetric``, ``per_channel``, ``learnable``).
         act_quantizer (dict, optional): Extra config of every activation
             quantizer (``symmetric``, ``momentum``, ``learnable``).
+        input_bits (int, optional): Fewest bits of the model's input, i.e.
+            of the first layer's input quantizer (``max(a_bits,
+            input_bits)``; 16 stays float). Defaults to 8: the input is an
+            8-bit image, and the convention of the data-free literature
+            (ZeroQ, GDFQ: "all layers at n bits") quantizes the activations
+            the network computes, never the image itself; an 8-bit grid on
+            the (normalised) input keeps an integer input for deployment.
+            ``None``: the first layer's input gets ``a_bits`` like every
+            other activation. Only the first layer in module order is
+            covered (the stem of mmdet/mmpretrain backbones); nothing
+            happens if it is in ``skip``.
         first_last_bits (int, optional): Bits of the first and last layer.
         first_last_layers (Sequence[str], optional): Names (patterns) of
             the layers ``first_last_bits`` applies to, instead of the first
@@ -158,6 +172,7 @@ class ModelQuantizer:
                  a_bits: int = 4,
                  weight_quantizer: Optional[dict] = None,
                  act_quantizer: Optional[dict] = None,
+                 input_bits: Optional[int] = 8,
                  first_last_bits: Optional[int] = None,
                  first_last_layers: Optional[Sequence[str]] = None,
                  overrides: Sequence[dict] = (),
@@ -175,6 +190,8 @@ class ModelQuantizer:
         self.a_bits = check_bits(a_bits, 'activation bit-width')
         self.weight_quantizer = dict(weight_quantizer or {})
         self.act_quantizer = dict(act_quantizer or {})
+        self.input_bits = None if input_bits is None else \
+            check_bits(input_bits, 'input bit-width')
         self.first_last_bits = None if first_last_bits is None else \
             check_bits(first_last_bits, 'first/last layer bit-width')
         self.first_last_layers = list(first_last_layers or [])
@@ -236,6 +253,8 @@ class ModelQuantizer:
         for hits in self._match(self.skip, names, 'skip').values():
             skipped.update(hits)
         bits = {n: (self.w_bits, self.a_bits) for n in names}
+        if self.input_bits is not None:
+            bits[names[0]] = (self.w_bits, max(self.a_bits, self.input_bits))
         if self.first_last_bits is not None:
             if self.first_last_layers:
                 edge = [
