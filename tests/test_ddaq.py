@@ -136,9 +136,9 @@ def test_shifted_moments_equal_var_mean(shape):
     assert torch.allclose(g, g_ref, atol=1e-6)
 
 
-def test_shifted_moments_backward_is_autograds():
-    """The fused backward equals autograd's through the plain formula, with
-    either output alone or both, and keeps a half input's dtype."""
+def test_shifted_moments_backward_is_the_plain_formulas():
+    """The gradients equal those of the plain mean / variance formula, with
+    either output alone or both, and a half input keeps its dtype."""
     torch.manual_seed(0)
     x = (torch.randn(6, 3, 4, 5) * 0.5 + 2.0).double().requires_grad_(True)
     s = torch.randn(3).double()

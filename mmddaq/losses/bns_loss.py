@@ -3,7 +3,6 @@ from typing import Dict, List, Mapping, Optional
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmddaq.registry import MODELS
@@ -19,44 +18,6 @@ def batchnorm_layers(model: nn.Module) -> List[str]:
     ]
 
 
-class _ShiftedMoments(torch.autograd.Function):
-    """Forward and backward of :func:`shifted_moments` in as few passes as
-    the sums allow: the sum of squares is a norm (no input-sized square),
-    and the backward is one ``addcmul`` over the saved shifted input, where
-    autograd's chain (square, two sums, subtraction) makes two
-    multiplications and two additions of input size."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, shift: torch.Tensor):
-        dims = [0] + list(range(2, x.dim()))
-        dtype = torch.promote_types(x.dtype, torch.float32)
-        bcast = (1, -1) + (1, ) * (x.dim() - 2)
-        y = x.to(dtype) - shift.to(dtype).view(bcast)
-        n = x.numel() // x.shape[1]
-        mean_shift = y.sum(dims) / n
-        # the norm reduces without an input-sized square (y * y)
-        sq = torch.linalg.vector_norm(y, dim=dims).square()
-        var = sq / n - mean_shift * mean_shift
-        ctx.save_for_backward(y, mean_shift)
-        ctx.n, ctx.bcast, ctx.x_dtype = n, bcast, x.dtype
-        return mean_shift, var
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_mean, grad_var):
-        y, mean_shift = ctx.saved_tensors
-        if grad_mean is None:
-            grad_mean = torch.zeros_like(mean_shift)
-        if grad_var is None:
-            grad_var = torch.zeros_like(mean_shift)
-        # d/dy_i: grad_mean / n + grad_var * 2 (y_i - mean_shift) / n
-        offset = (grad_mean - 2 * mean_shift * grad_var) / ctx.n
-        slope = grad_var * (2. / ctx.n)
-        grad_x = torch.addcmul(offset.view(ctx.bcast), y,
-                               slope.view(ctx.bcast))
-        return grad_x.to(ctx.x_dtype), None
-
-
 def shifted_moments(x: torch.Tensor, shift: torch.Tensor) -> tuple:
     """Per-channel batch mean minus ``shift``, and batch variance.
 
@@ -65,8 +26,7 @@ def shifted_moments(x: torch.Tensor, shift: torch.Tensor) -> tuple:
     over the batch and spatial axes of an NCHW tensor, forward and backward,
     takes about three times as long as two plain sums. Shifting by a value
     near the batch mean (a BN layer's running mean) keeps the subtraction
-    ``E[y^2] - E[y]^2`` accurate in float32. The backward is one fused
-    pass over the saved ``y`` (:class:`_ShiftedMoments`).
+    ``E[y^2] - E[y]^2`` accurate in float32.
 
     Args:
         x (Tensor): ``(N, C, ...)`` input of a BN layer.
@@ -77,7 +37,14 @@ def shifted_moments(x: torch.Tensor, shift: torch.Tensor) -> tuple:
         tuple[Tensor, Tensor]: ``mean(x) - shift`` and the biased variance
         of ``x``, both ``(C, )``, at least in float32.
     """
-    return _ShiftedMoments.apply(x, shift.detach())
+    dims = [0] + list(range(2, x.dim()))
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    y = x.to(dtype) - shift.detach().to(dtype).view(1, -1,
+                                                    *([1] * (x.dim() - 2)))
+    n = x.numel() // x.shape[1]
+    mean_shift = y.sum(dims) / n
+    var = (y * y).sum(dims) / n - mean_shift * mean_shift
+    return mean_shift, var
 
 
 def bn_input_moments(bn: nn.Module, inputs: tuple, output) -> tuple:
