@@ -86,7 +86,7 @@ def test_one_range_per_call_lowers_the_small_levels_error():
 
 def test_state_dict_round_trip_and_names():
     _, q = quantized_pair({'head': 3})
-    fresh = ModelQuantizer(w_bits=8, a_bits=4,
+    fresh = ModelQuantizer(w_bits=8, a_bits=4, input_bits=None,
                            call_sites={'head': 3}).quantize(Model())
     fresh.load_state_dict(q.state_dict())
     x = torch.randn(2, 4, 8, 8)

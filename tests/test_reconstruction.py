@@ -167,8 +167,9 @@ class ShiftedConvNet(nn.Module):
 
 
 def _quantize(model, bits=8, batches=(), a_bits=None, **kwargs):
-    """``bits``-bit weights (activations ``a_bits``, default the same),
-    activations calibrated on ``batches``."""
+    """``bits``-bit weights (activations ``a_bits``, default the same; the
+    first layer's input too), activations calibrated on ``batches``."""
+    kwargs.setdefault('input_bits', None)
     q = ModelQuantizer(w_bits=bits, a_bits=bits if a_bits is None else a_bits,
                        **kwargs).quantize(model).eval()
     calibrate_activations(q)
