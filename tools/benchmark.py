@@ -675,6 +675,8 @@ def plot_accuracy_vs_bits(rows, path, suite=None, metric=None):
     summary = {k: v for k, v in summarise(rows).items()
                if k[0] == suite and k[3] == metric}
     fig, ax = plt.subplots(figsize=(6, 4))
+    # 20 colours: the methods outnumber the default cycle's ten
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)
     fp = [v for k, v in summary.items() if k[1] == 'fp']
     for method in METHOD_ORDER[1:]:
         pts = sorted((k[2], v) for k, v in summary.items() if k[1] == method)
