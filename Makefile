@@ -18,7 +18,7 @@ demo: install
 
 # hours on 2 CPU cores; finished runs in the JSON files are skipped
 benchmark: install
-	$(PY) tools/benchmark.py --suite digits --out docs/benchmarks/digits_r15.json
+	$(PY) tools/benchmark.py --suite digits --out docs/benchmarks/digits_r22.json
 	$(PY) tools/benchmark.py --suite shapes-retinanet --out docs/benchmarks/shapes_r12.json --bits 8 4
 	$(PY) tools/benchmark.py --suite shapes-faster-rcnn --out docs/benchmarks/shapes.json --bits 8 4 --iters 200
 	$(PY) tools/benchmark.py --suite frozenbn-retinanet --out docs/benchmarks/frozenbn_r17.json --bits 8 4 3
