@@ -61,6 +61,48 @@ def test_generator_shapes_and_conditioning():
         Generator(img_size=30)
 
 
+def test_generator_value_range_bounds_every_channel():
+    low, high = Generator.pixel_range([78., 100., 20.], [83., 50., 10.])
+    assert low == pytest.approx([-78 / 83, -2., -2.])
+    assert high == pytest.approx([177 / 83, 3.1, 23.5])
+    g = Generator(img_size=8, latent_dim=8, base_channels=8,
+                  value_range=(low, high))
+    # a large input scale drives tanh to both ends of its range
+    with torch.no_grad():
+        g.to_img[0].weight.mul_(100.)
+    x = g(*g.sample_noise(16))
+    per_channel = x.transpose(0, 1).flatten(1)
+    lo, hi = torch.tensor(low), torch.tensor(high)
+    assert (per_channel.min(1).values >= lo - 1e-5).all()
+    assert (per_channel.max(1).values <= hi + 1e-5).all()
+    # both ends are reached (saturated tanh), so the map spans the range
+    assert (per_channel.min(1).values < lo + 0.05 * (hi - lo)).all()
+    assert (per_channel.max(1).values > hi - 0.05 * (hi - lo)).all()
+    # scalars broadcast; bad bounds are refused early
+    assert Generator(img_size=8, base_channels=8,
+                     value_range=(-1, 2)).value_range == ([-1.] * 3, [2.] * 3)
+    with pytest.raises(ValueError, match='exceed'):
+        Generator(img_size=8, base_channels=8, value_range=(1., 1.))
+    with pytest.raises(ValueError, match='1 or 3 bounds'):
+        Generator(img_size=8, base_channels=8, value_range=([0, 0], [1, 1]))
+    with pytest.raises(ValueError, match=r'\(low, high\)'):
+        Generator(img_size=8, base_channels=8, value_range=3.)
+
+
+def test_ddaq_pixel_range_comes_from_the_data_preprocessor(
+        tiny_fp_checkpoint):
+    model, _ = build_tiny_ddaq(tiny_fp_checkpoint,
+                               **{'generator.value_range': 'pixels'})
+    pre = model.data_preprocessor
+    mean, std = pre.mean.flatten(), pre.std.flatten()
+    low, high = model.generator.value_range
+    assert low == pytest.approx((-mean / std).tolist())
+    assert high == pytest.approx(((255 - mean) / std).tolist())
+    x = model.generate(8)
+    assert (x >= torch.tensor(low).view(1, -1, 1, 1) - 1e-5).all()
+    assert (x <= torch.tensor(high).view(1, -1, 1, 1) + 1e-5).all()
+
+
 # ---------------------------------------------------------------------- D1
 class ConvBN(nn.Module):
 

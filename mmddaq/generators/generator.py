@@ -45,6 +45,13 @@ class UpsampleConv2d(nn.Conv2d):
                                   stride=2, padding=1)
 
 
+def _pair_of_bounds(value_range) -> tuple:
+    if not isinstance(value_range, (tuple, list)) or len(value_range) != 2:
+        raise ValueError('value_range must be (low, high), got '
+                         f'{value_range!r}')
+    return tuple(value_range)
+
+
 @MODELS.register_module()
 class Generator(BaseModule):
     """GDFQ-style upsampling generator, class-conditional or not.
@@ -74,6 +81,12 @@ class Generator(BaseModule):
             block has ``base_channels``, the last one half.
         min_channels (int): Fewest channels of a tapered block.
             Defaults to 8.
+        value_range (tuple, optional): ``(low, high)`` bounds of the
+            generated values, each a float or one per channel: the last
+            ``tanh`` is mapped onto them (no BatchNorm after it), so every
+            sample is a valid input, e.g. the normalised image of 0-255
+            pixels (:meth:`pixel_range`). ``None`` (default): ``tanh`` and an
+            affine-free BatchNorm (GDFQ's output).
         init_cfg (dict, optional): Initialisation config.
     """
 
@@ -86,6 +99,7 @@ class Generator(BaseModule):
                  num_upsamples: int = 2,
                  taper_size: Optional[int] = None,
                  min_channels: int = 8,
+                 value_range: Optional[Sequence] = None,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg)
         h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
@@ -118,9 +132,49 @@ class Generator(BaseModule):
             ]
             channels = out
         self.blocks = nn.Sequential(*blocks)
-        self.to_img = nn.Sequential(
-            nn.Conv2d(channels, out_channels, 3, padding=1), nn.Tanh(),
-            nn.BatchNorm2d(out_channels, affine=False))
+        last = [nn.Conv2d(channels, out_channels, 3, padding=1), nn.Tanh()]
+        if value_range is None:
+            last.append(nn.BatchNorm2d(out_channels, affine=False))
+        self.to_img = nn.Sequential(*last)
+        self.value_range = None
+        if value_range is not None:
+            low, high = (torch.as_tensor(v, dtype=torch.float32).flatten()
+                         for v in _pair_of_bounds(value_range))
+            low, high = (v.expand(out_channels).clone()
+                         if v.numel() == 1 else v for v in (low, high))
+            if low.numel() != out_channels or high.numel() != out_channels:
+                raise ValueError(
+                    f'value_range needs 1 or {out_channels} bounds per side, '
+                    f'got {low.numel()} and {high.numel()}')
+            if not bool((high > low).all()):
+                raise ValueError(f'value_range: every high must exceed its '
+                                 f'low, got {low.tolist()} / {high.tolist()}')
+            self.value_range = (low.tolist(), high.tolist())
+            # tanh in [-1, 1] -> [low, high] per channel
+            self.register_buffer('_out_mid', ((high + low) / 2).view(
+                1, -1, 1, 1), persistent=False)
+            self.register_buffer('_out_half', ((high - low) / 2).view(
+                1, -1, 1, 1), persistent=False)
+
+    @staticmethod
+    def pixel_range(mean: Sequence[float],
+                    std: Sequence[float],
+                    max_value: float = 255.) -> Tuple[list, list]:
+        """``value_range`` of images of pixels in ``[0, max_value]`` after
+        a data preprocessor's ``(x - mean) / std``.
+
+        Args:
+            mean (Sequence[float]): Per-channel mean of the preprocessor.
+            std (Sequence[float]): Per-channel std of the preprocessor.
+            max_value (float): Largest pixel value. Defaults to 255.
+
+        Returns:
+            tuple[list, list]: Per-channel low and high bounds.
+        """
+        mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
+        std = torch.as_tensor(std, dtype=torch.float32).flatten()
+        return ((-mean / std).tolist(),
+                ((max_value - mean) / std).tolist())
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Checkpoints from before ``UpsampleConv2d`` hold four modules per
@@ -183,4 +237,7 @@ class Generator(BaseModule):
             z = z * self.label_emb(labels)
         x = self.fc(z).view(z.shape[0], -1, *self.init_hw)
         x = self.blocks(self.bn0(x))
-        return self.to_img(x)
+        x = self.to_img(x)
+        if self.value_range is not None:
+            x = torch.addcmul(self._out_mid, x, self._out_half)
+        return x

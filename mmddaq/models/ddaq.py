@@ -12,7 +12,7 @@ from mmengine.registry import MODELS as ROOT_MODELS
 from mmengine.runner import CheckpointLoader
 from torch import nn
 
-from mmddaq.generators import build_input_source
+from mmddaq.generators import Generator, build_input_source
 from mmddaq.importance import (layer_of_each_bn, limit_span,
                                normalize_mean_one, tap_weights)
 from mmddaq.losses import (BNStatisticsLoss, DiscrepancyLoss,
@@ -51,6 +51,21 @@ def _load_fp_weights(model: nn.Module, checkpoint: str) -> None:
             f'Checkpoint "{checkpoint}" does not match the model of the '
             f'config ({type(model).__name__}): ' + '; '.join(problems))
     model.load_state_dict(state, strict=True)
+
+
+def _with_pixel_range(generator: dict, preprocessor: nn.Module) -> dict:
+    """``generator`` with ``value_range='pixels'`` replaced by the bounds
+    of 0-255 images after ``preprocessor``'s normalisation."""
+    if not isinstance(generator, dict) or \
+            generator.get('value_range') != 'pixels':
+        return generator
+    if not getattr(preprocessor, '_enable_normalize', False):
+        low, high = [0.], [255.]
+    else:
+        low, high = Generator.pixel_range(
+            preprocessor.mean.flatten().tolist(),
+            preprocessor.std.flatten().tolist())
+    return dict(generator, value_range=(low, high))
 
 
 def _check_finite(log_vars: Dict[str, torch.Tensor]) -> None:
@@ -104,7 +119,10 @@ class DDAQ(BaseModel):
             mmpretrain classifier or an mmdet detector).
         quantizer (dict): Config of the :class:`ModelQuantizer`.
         adapter (dict): Config of the task adapter.
-        generator (dict, optional): Config of the :class:`Generator`.
+        generator (dict, optional): Config of the :class:`Generator`;
+            ``value_range='pixels'`` bounds its samples to the images the
+            data preprocessor can produce (0-255 pixels normalised by its
+            mean and std).
         fp_checkpoint (str, optional): Weights of the FP model. Keys must
             match the architecture exactly.
         input_shape (tuple): ``(C, H, W)`` of one model input.
@@ -184,7 +202,8 @@ class DDAQ(BaseModel):
                     f'the sample source {type(self.input_source).__name__} '
                     'needs a generator: give a generator config or another '
                     'sample_source')
-            self.generator = MODELS.build(generator)
+            self.generator = MODELS.build(
+                _with_pixel_range(generator, self.data_preprocessor))
         labels = getattr(self.generator, 'num_classes', None)
         classes = self.adapter.num_classes(self.fp_model) \
             if hasattr(self.adapter, 'num_classes') else None
