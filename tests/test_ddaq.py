@@ -87,6 +87,8 @@ def test_generator_value_range_bounds_every_channel():
         Generator(img_size=8, base_channels=8, value_range=([0, 0], [1, 1]))
     with pytest.raises(ValueError, match=r'\(low, high\)'):
         Generator(img_size=8, base_channels=8, value_range=3.)
+    with pytest.raises(ValueError, match='resolved by mmddaq.DDAQ'):
+        Generator(img_size=8, base_channels=8, value_range='pixels')
 
 
 def test_ddaq_pixel_range_comes_from_the_data_preprocessor(

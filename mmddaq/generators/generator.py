@@ -47,8 +47,10 @@ class UpsampleConv2d(nn.Conv2d):
 
 def _pair_of_bounds(value_range) -> tuple:
     if not isinstance(value_range, (tuple, list)) or len(value_range) != 2:
+        hint = " ('pixels' is resolved by mmddaq.DDAQ from its data " \
+            'preprocessor)' if isinstance(value_range, str) else ''
         raise ValueError('value_range must be (low, high), got '
-                         f'{value_range!r}')
+                         f'{value_range!r}{hint}')
     return tuple(value_range)
 
 
