@@ -59,13 +59,11 @@ def _with_pixel_range(generator: dict, preprocessor: nn.Module) -> dict:
     if not isinstance(generator, dict) or \
             generator.get('value_range') != 'pixels':
         return generator
-    if not getattr(preprocessor, '_enable_normalize', False):
-        low, high = [0.], [255.]
-    else:
-        low, high = Generator.pixel_range(
-            preprocessor.mean.flatten().tolist(),
-            preprocessor.std.flatten().tolist())
-    return dict(generator, value_range=(low, high))
+    if getattr(preprocessor, '_enable_normalize', False):
+        mean, std = preprocessor.mean.flatten(), preprocessor.std.flatten()
+    else:  # no normalisation: the pixels themselves
+        mean, std = [0.], [1.]
+    return dict(generator, value_range=Generator.pixel_range(mean, std))
 
 
 def _check_finite(log_vars: Dict[str, torch.Tensor]) -> None:
