@@ -23,6 +23,7 @@ benchmark: install
 	$(PY) tools/benchmark.py --suite shapes-faster-rcnn --out docs/benchmarks/shapes.json --bits 8 4 --iters 200
 	$(PY) tools/benchmark.py --suite frozenbn-retinanet --out docs/benchmarks/frozenbn_r17.json --bits 8 4 3
 	$(PY) tools/benchmark.py --suite frozenbn-faster-rcnn --out docs/benchmarks/frozenbn-frcnn_r19.json --bits 8 4
+	$(PY) tools/benchmark.py --suite frozenbn-retinanet-p3 --out docs/benchmarks/frozenbn-p3_r24.json --bits 8 4
 	$(PY) tools/benchmark.py --suite speed --random-weights --out docs/benchmarks/speed_r13.json --methods ddaq ddaq-kd
 
 shapes: install

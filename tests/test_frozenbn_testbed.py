@@ -77,7 +77,7 @@ def test_patches_deterministic_and_checked(tmp_path):
         assert json.load(f)['params'] == patch_params('train', 2, 16)
 
 
-DETECTORS = ('retinanet', 'faster-rcnn')
+DETECTORS = ('retinanet', 'faster-rcnn', 'retinanet-p3')
 
 
 def _heads(detector):
@@ -209,3 +209,31 @@ def test_p2a8_config_keeps_only_the_p2_lateral_input_at_8_bits(detector):
     first_last = len(cfg.model.quantizer.first_last_layers)
     assert sum(b == (4, 4) for b in plan.values()) == \
         len(plan) - first_last - 1
+
+
+def _build_detector(config):
+    from mmengine.registry import MODELS
+    init_default_scope('mmdet')
+    cfg = Config.fromfile(osp.join(CONFIGS, config))
+    model = dict(cfg.model)
+    model['backbone'] = dict(model['backbone'], init_cfg=None)
+    return MODELS.build(model).eval()
+
+
+def test_p3_retinanet_has_mmdet_levels_and_the_p2_testbeds_anchors():
+    """The P3 testbed's FPN starts at C3 (stride 8) as mmdet's RetinaNet;
+    its anchors keep the P2 testbed's sizes, on levels whose strides match
+    the feature maps."""
+    p3 = _build_detector('fp_retinanet-p3_r18-w16_frozenbn.py')
+    p2 = _build_detector('fp_retinanet_r18-w16_frozenbn.py')
+    assert p3.neck.lateral_convs[0].conv.in_channels == 32  # C3, not C2
+    assert p2.neck.lateral_convs[0].conv.in_channels == 16
+    with torch.no_grad():
+        feats = p3.extract_feat(torch.zeros(1, 3, 128, 128))
+    strides = [128 // f.shape[-1] for f in feats]
+    assert strides == [8, 16, 32, 64, 128]
+    assert p3.bbox_head.prior_generator.strides == [(s, s) for s in strides]
+    sizes3 = p3.bbox_head.prior_generator.base_anchors[0]
+    sizes2 = p2.bbox_head.prior_generator.base_anchors[0]
+    area = (lambda a: (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]))
+    assert torch.allclose(area(sizes3), area(sizes2))

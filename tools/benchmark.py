@@ -49,9 +49,10 @@ DETECTION_METRICS = dict(bbox_mAP='coco/bbox_mAP',
                          bbox_mAP_50='coco/bbox_mAP_50')
 
 def frozenbn_suite(detector: str) -> dict:
-    """The frozen-BN suite of ``detector`` (``'retinanet'`` or
-    ``'faster-rcnn'``): the patch-pretrained backbone, BN frozen, the small
-    shapes set; its configs are named after the detector."""
+    """The frozen-BN suite of ``detector`` (``'retinanet'``,
+    ``'faster-rcnn'`` or ``'retinanet-p3'``): the patch-pretrained backbone,
+    BN frozen, the small shapes set; its configs are named after the
+    detector."""
     return dict(
         model=f'{detector}-r18-w16-frozenbn',
         pretrain=('configs/fp_resnet18-w16_patches.py',
@@ -133,9 +134,10 @@ SUITES = {
         },
         methods_8bit=('ptq', 'zeroq', 'ddaq'),
         data='shapes'),
-    # trained like real mmdet detectors: pretrained backbone, frozen BN
+    # trained like real mmdet detectors: pretrained backbone, frozen BN;
+    # retinanet-p3: mmdet's RetinaNet FPN levels (P3-P7, from C3)
     **{f'frozenbn-{d}': frozenbn_suite(d)
-       for d in ('retinanet', 'faster-rcnn')},
+       for d in ('retinanet', 'faster-rcnn', 'retinanet-p3')},
 }
 #: what each suite's ``data`` needs generated first
 DATA = {'shapes': ensure_shapes, 'shapes-small': ensure_small_shapes}
