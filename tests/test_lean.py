@@ -297,8 +297,9 @@ def test_lean_ops_tool_times_every_generator_block_and_bn_shape():
         osp.join(root, 'configs', 'ddaq_resnet18-w16_digits_w4a4.py'))
     cfg.train_cfg.batch_size = 2
     gen = lean_ops.generator_rows(cfg, repeats=1)
+    # the digits generator is tapered (taper_size=8): 32 and 16 channels
     assert [r[0].split(',')[0] for r in gen] == [
-        'upsample+conv 64->64 at 16 px', 'upsample+conv 64->32 at 32 px']
+        'upsample+conv 64->32 at 16 px', 'upsample+conv 32->16 at 32 px']
     moments = lean_ops.moments_rows(cfg, repeats=1)
     assert len(moments) == 4 and all(r[1] > 0 and r[2] > 0 for r in moments)
     # the references compute the same function, and are undone afterwards
