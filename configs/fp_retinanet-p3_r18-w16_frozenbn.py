@@ -1,16 +1,13 @@
-# FP RetinaNet of the frozen-BN testbed with mmdet's FPN levels P3-P7
-# (frozenbn-retinanet-p3), offline:
-#   python tools/make_shapes.py --preset patches
-#   python tools/train.py configs/fp_resnet18-w16_patches.py
-#   python tools/make_shapes.py --preset small
+# FP RetinaNet of the frozen-BN testbed with mmdet's FPN levels
+# (frozenbn-retinanet-p3): FPN from C3 (start_level=1, P3-P7 at strides
+# 8-128) as in mmdet::_base_/models/retinanet_r50_fpn.py, instead of from C2;
+# the anchors keep the P2 testbed's sizes (8 px and up): octave_base_scale 1
+# at stride 8 where that one has 2 at 4. Offline: the steps of
+#   configs/fp_retinanet_r18-w16_frozenbn.py, then
 #   python tools/train.py configs/fp_retinanet-p3_r18-w16_frozenbn.py
-_base_ = [
-    './_base_/models/retinanet-p3_r18-w16_frozenbn.py',
-    './_base_/datasets/shapes_small_detection.py',
-    './_base_/schedules/shapes_fp_detection.py',
-    'mmdet::_base_/default_runtime.py',
-]
-custom_imports = dict(imports=['mmddaq'], allow_failed_imports=False)
-default_hooks = dict(
-    logger=dict(type='LoggerHook', interval=20),
-    checkpoint=dict(type='CheckpointHook', interval=10, max_keep_ckpts=1))
+_base_ = './fp_retinanet_r18-w16_frozenbn.py'
+model = dict(
+    neck=dict(start_level=1),
+    bbox_head=dict(
+        anchor_generator=dict(
+            octave_base_scale=1, strides=[8, 16, 32, 64, 128])))
