@@ -7,7 +7,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 import torch
 from mmengine.logging import print_log
 from mmengine.model import BaseModel
-from mmengine.optim import OptimWrapperDict
+from mmengine.optim import AmpOptimWrapper, OptimWrapperDict
 from mmengine.registry import MODELS as ROOT_MODELS
 from mmengine.runner import CheckpointLoader
 from torch import nn
@@ -22,7 +22,7 @@ from mmddaq.quantization import (activation_quantizers, observation_disabled,
                                  quantized_layers)
 from mmddaq.registry import MODELS
 from mmddaq.utils.checkpoint import load_checkpoint_safe, state_dict_mismatch
-from mmddaq.utils.nested import detach_nested, flatten_tensors
+from mmddaq.utils.nested import detach_nested, flatten_tensors, map_tensors
 from mmddaq.utils.recorder import OutputRecorder
 
 DEFAULT_LOSS_WEIGHTS = dict(ce=1.0, bns=0.1, dis=1.0, kd=1.0, q_dis=1.0,
@@ -64,6 +64,24 @@ def _with_pixel_range(generator: dict, preprocessor: nn.Module) -> dict:
     else:  # no normalisation: the pixels themselves
         mean, std = [0.], [1.]
     return dict(generator, value_range=Generator.pixel_range(mean, std))
+
+
+class _GradientScale(torch.autograd.Function):
+    """Identity in the forward pass; the gradient times ``factor``."""
+
+    @staticmethod
+    def forward(ctx, x, factor):
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.factor, None
+
+
+def gradient_scaled(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """``x`` unchanged, its gradient multiplied by ``factor``."""
+    return _GradientScale.apply(x, factor)
 
 
 def _check_finite(log_vars: Dict[str, torch.Tensor]) -> None:
@@ -133,6 +151,15 @@ class DDAQ(BaseModel):
             (:class:`GaussianSamples`), ``'pool'`` (:class:`PoolSamples`).
             Defaults to ``'generator'``.
         eval_model (str): ``'quantized'`` or ``'fp'``.
+        joint_backward (bool): In iterations that update both the
+            generator and the quantized model, one backward pass through
+            the quantized model serves both updates instead of two: its
+            input (and the FP taps of D2) carry the generator's gradient
+            reversed and scaled by ``dis / q_dis``. The quantized model's
+            gradient is unchanged; the generator then also maximises the
+            quantized model's KD loss (weight ``dis * kd / q_dis``), not D2
+            alone. Needs ``q_dis > 0`` and plain (not AMP) optimizer
+            wrappers; otherwise the two passes are kept. Defaults to False.
         importance_span (float, optional): Largest ratio between two layer
             (D1) or tap (D2) importance weights; wider raw importance is
             clamped around its geometric mean. ``None``: no limit.
@@ -153,6 +180,7 @@ class DDAQ(BaseModel):
                  loss_weights: Optional[dict] = None,
                  sample_source: Union[str, dict] = 'generator',
                  eval_model: str = 'quantized',
+                 joint_backward: bool = False,
                  importance_span: Optional[float] = 100.,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
@@ -176,6 +204,7 @@ class DDAQ(BaseModel):
         self.sample_source = copy.deepcopy(sample_source)
         self.input_source = build_input_source(sample_source)
         self.eval_model = eval_model
+        self.joint_backward = bool(joint_backward)
         if importance_span is not None and importance_span < 1:
             raise ValueError('importance_span must be >= 1 or None, got '
                              f'{importance_span}')
@@ -335,7 +364,8 @@ class DDAQ(BaseModel):
         return x
 
     def _losses_on(self, x, labels, need_dis_grad: bool, need_q_grad: bool,
-                   need_kd: bool = True, calibrating: bool = False):
+                   need_kd: bool = True, calibrating: bool = False,
+                   reverse: Optional[float] = None):
         """Forward both models on ``x`` and compute every active loss.
 
         Only what a backward pass will use is recorded with autograd: D1 and
@@ -355,6 +385,10 @@ class DDAQ(BaseModel):
                 term are computed). Defaults to True.
             calibrating (bool): Activation ranges are still calibrated
                 (the quantized model must run). Defaults to False.
+            reverse (float, optional): For one joint backward pass: the
+                factor (negative) applied to the gradient that reaches
+                ``x`` through the quantized model and the FP taps through
+                D2. Defaults to None (gradients unchanged).
 
         Returns:
             tuple: FP outputs, quantized outputs (None when the quantized
@@ -378,11 +412,17 @@ class DDAQ(BaseModel):
         q_out = None
         if need_kd or need_dis_grad or calibrating:
             fp_out_d = detach_nested(fp_out)
+            x_q = x
+            if reverse is not None:
+                x_q = gradient_scaled(x, reverse)
+                fp_feats = {
+                    tap: map_tensors(v, lambda t: gradient_scaled(t, reverse))
+                    for tap, v in fp_feats.items()}
             with torch.set_grad_enabled(need_q_grad), \
                     quantize_weights_once(self.quantized), \
                     quantize_inputs_once(self.quantized), \
                     self._q_rec.recording() as q_feats:
-                q_out = self.adapter.forward(self.quantized, x,
+                q_out = self.adapter.forward(self.quantized, x_q,
                                              reference=fp_out_d)
             if need_dis_grad:
                 losses['loss_dis'] = self.dis_loss(fp_feats, q_feats)
@@ -439,6 +479,11 @@ class DDAQ(BaseModel):
 
         g_params = list(self.generator.parameters()) if update_g else []
         q_params = [p for p in self.quantized.parameters() if p.requires_grad]
+        joint = self.joint_backward and need_dis_grad and update_q \
+            and w['q_dis'] > 0 and not any(
+                isinstance(optim_wrapper[k], AmpOptimWrapper)
+                for k in ('generator', 'quantized'))
+        reverse = -w['dis'] / w['q_dis'] if joint else None
         # AmpOptimWrapper (``--amp``): every forward pass under autocast
         with optim_wrapper['quantized'].optim_context(self):
             # no generator graph when the generator is not updated
@@ -447,26 +492,40 @@ class DDAQ(BaseModel):
             fp_out, q_out, losses = self._losses_on(
                 x, labels, need_dis_grad,
                 need_q_grad=update_q or need_dis_grad, need_kd=update_q,
-                calibrating=calibrating)
+                calibrating=calibrating, reverse=reverse)
 
         log_vars = {}
         if update_g:
+            # the generator's terms that do not pass the quantized model
             loss_g = x.new_zeros(())
             for key, weight in (('loss_ce', w['ce']), ('loss_bns', w['bns']),
                                 ('loss_div', w['div'])):
                 if key in losses:
                     loss_g = loss_g + weight * losses[key]
+            loss_g_own = loss_g
             if need_dis_grad:
                 loss_g = loss_g - w['dis'] * losses['loss_dis']
-            ow = optim_wrapper['generator']
-            ow.backward(loss_g, inputs=g_params, retain_graph=update_q)
-            log_vars['loss_g'] = loss_g.detach()
+            if not joint:
+                ow = optim_wrapper['generator']
+                ow.backward(loss_g, inputs=g_params, retain_graph=update_q)
         if update_q:
             loss_q = w['kd'] * losses['loss_kd']
             if 'loss_q_dis' in losses:
                 loss_q = loss_q + w['q_dis'] * losses['loss_q_dis']
-            optim_wrapper['quantized'].backward(loss_q, inputs=q_params)
+            if joint:
+                # one pass for both: the reversed gradients through the
+                # quantized model and D2's FP taps give the generator
+                # -dis * D2 - dis * kd / q_dis * KD, the quantized model
+                # loss_q
+                optim_wrapper['quantized'].backward(
+                    loss_q + loss_g_own, inputs=g_params + q_params)
+                loss_g = loss_g - w['dis'] * w['kd'] / w['q_dis'] * \
+                    losses['loss_kd']
+            else:
+                optim_wrapper['quantized'].backward(loss_q, inputs=q_params)
             log_vars['loss_q'] = loss_q.detach()
+        if update_g:
+            log_vars['loss_g'] = loss_g.detach()
         if before_step is not None and (update_g or update_q):
             before_step(g_params + (q_params if update_q else []))
         if update_g:

@@ -129,21 +129,34 @@ class _FakeQuantizeCPU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, scale, zero_point, qmin, qmax):
         if scale.numel() == 1:
-            # one grid: four passes over ``x`` with host numbers, not six
+            # one grid: the bounds and step are host numbers
             levels, step, lo, hi = _one_grid_levels(x, scale, zero_point,
                                                     qmin, qmax)
-            if ctx.needs_input_grad[0]:
-                ctx.save_for_backward((levels >= lo) & (levels <= hi))
-            return levels.clamp_(lo, hi).mul_(step)
+            if not ctx.needs_input_grad[0]:
+                return levels.clamp_(lo, hi).mul_(step)
+            clamped = levels.clamp(lo, hi)
+            ctx.save_for_backward(_inside(levels, clamped))
+            return clamped.mul_(step)
         levels = torch.round(x * torch.reciprocal(scale)).add_(zero_point)
-        if ctx.needs_input_grad[0]:
-            ctx.save_for_backward((levels >= qmin) & (levels <= qmax))
-        return levels.clamp_(qmin, qmax).sub_(zero_point).mul_(scale)
+        if not ctx.needs_input_grad[0]:
+            return levels.clamp_(qmin, qmax).sub_(zero_point).mul_(scale)
+        clamped = levels.clamp(qmin, qmax)
+        ctx.save_for_backward(_inside(levels, clamped))
+        return clamped.sub_(zero_point).mul_(scale)
 
     @staticmethod
     def backward(ctx, grad):
         inside, = ctx.saved_tensors
         return grad * inside, None, None, None, None
+
+
+def _inside(levels: torch.Tensor, clamped: torch.Tensor) -> torch.Tensor:
+    """1.0 where ``levels`` lies on the grid (its clamp left it unchanged),
+    0.0 where it was clipped or is NaN: the straight-through gradient mask,
+    as a float tensor because on CPU a float comparison result and a float
+    product take about half the time of a boolean mask's (``ge``, ``le``,
+    ``and``, then a promoting product)."""
+    return torch.eq(levels, clamped, out=torch.empty_like(levels))
 
 
 def fake_quantize_torch(x, scale, zero_point, qmin, qmax):

@@ -1,18 +1,24 @@
 """Helpers for nested outputs (tensors inside lists, tuples and dicts)."""
-from typing import Any, List
+from typing import Any, Callable, List
 
 import torch
 
 
+def map_tensors(value: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
+    """``value`` with ``fn`` applied to every tensor inside it (structure
+    kept, other leaves unchanged)."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(map_tensors(v, fn) for v in value)
+    if isinstance(value, dict):
+        return {k: map_tensors(v, fn) for k, v in value.items()}
+    return value
+
+
 def detach_nested(value: Any) -> Any:
     """``value`` with every tensor inside it detached (structure kept)."""
-    if isinstance(value, torch.Tensor):
-        return value.detach()
-    if isinstance(value, (list, tuple)):
-        return type(value)(detach_nested(v) for v in value)
-    if isinstance(value, dict):
-        return {k: detach_nested(v) for k, v in value.items()}
-    return value
+    return map_tensors(value, torch.Tensor.detach)
 
 
 def flatten_tensors(value: Any) -> List[torch.Tensor]:
