@@ -158,6 +158,82 @@ def test_d2_computed_once_same_quantized_update(tiny_fp_checkpoint,
     assert all(torch.allclose(both[k], q_only[k], atol=1e-6) for k in both)
 
 
+def _calibrated_tiny(ckpt, **overrides):
+    model, optim = build_tiny_ddaq(ckpt, **overrides)
+    torch.manual_seed(0)
+    model.train_step(FULL, optim)  # calibration batch
+    freeze_activations(model.quantized)
+    return model, optim
+
+
+def _step_grads(model, optim, seed=1):
+    """Gradients by parameter name that one full step hands the
+    optimisers (captured before they step)."""
+    names = {p: n for n, p in model.named_parameters()}
+    grads = {}
+
+    def capture(params):
+        grads.update({names[p]: p.grad.clone() for p in params
+                      if p.grad is not None})
+
+    torch.manual_seed(seed)
+    log = model.train_step(FULL, optim, before_step=capture)
+    return grads, log
+
+
+@pytest.mark.parametrize('weights', [None, dict(dis=0.5, kd=2., q_dis=2.)])
+def test_joint_backward_gives_each_update_its_gradient(tiny_fp_checkpoint,
+                                                       weights):
+    """One backward pass for both updates: the quantized model's gradient
+    is the two-pass one; the generator's is that of ``ce * CE + bns * D1 -
+    dis * D2 - dis * kd / q_dis * KD``."""
+    extra = {} if weights is None else dict(loss_weights=weights)
+    two, two_optim = _calibrated_tiny(tiny_fp_checkpoint, **extra)
+    joint, joint_optim = _calibrated_tiny(tiny_fp_checkpoint,
+                                          joint_backward=True, **extra)
+    ref, _ = _calibrated_tiny(tiny_fp_checkpoint, **extra)
+    g_two, log_two = _step_grads(two, two_optim)
+    g_joint, log_joint = _step_grads(joint, joint_optim)
+    q_keys = [k for k in g_two if k.startswith('quantized.')]
+    assert q_keys and set(q_keys) == {
+        k for k in g_joint if k.startswith('quantized.')}
+    for k in q_keys:
+        assert torch.allclose(g_joint[k], g_two[k], atol=1e-6, rtol=1e-4), k
+    # the generator's gradient, computed directly from the same batch
+    w = ref.loss_weights
+    torch.manual_seed(1)
+    x, labels = ref.sample_inputs(FULL['batch_size'])
+    _, _, losses = ref._losses_on(x, labels, True, True)
+    loss = w['ce'] * losses['loss_ce'] + w['bns'] * losses['loss_bns'] - \
+        w['dis'] * losses['loss_dis'] - \
+        w['dis'] * w['kd'] / w['q_dis'] * losses['loss_kd']
+    g_params = dict(ref.generator.named_parameters())
+    expected = torch.autograd.grad(loss, list(g_params.values()))
+    moved = 0
+    for (name, _), e in zip(g_params.items(), expected):
+        got = g_joint['generator.' + name]
+        assert torch.allclose(got, e, atol=1e-6, rtol=1e-4), name
+        # and the KD term makes it differ from the two-pass gradient
+        moved += not torch.allclose(got, g_two['generator.' + name],
+                                    atol=1e-7, rtol=1e-5)
+    assert moved
+    assert torch.allclose(log_joint['loss_g'], loss.detach(), rtol=1e-5)
+    assert torch.allclose(log_joint['loss_q'], log_two['loss_q'], rtol=1e-5)
+
+
+def test_joint_backward_keeps_two_passes_without_q_dis(tiny_fp_checkpoint):
+    """Without D2 in the quantized update the reversal has nothing to
+    carry: the iteration is the two-pass one."""
+    weights = dict(loss_weights=dict(q_dis=0.))
+    two, two_optim = _calibrated_tiny(tiny_fp_checkpoint, **weights)
+    joint, joint_optim = _calibrated_tiny(tiny_fp_checkpoint,
+                                          joint_backward=True, **weights)
+    g_two, _ = _step_grads(two, two_optim)
+    g_joint, _ = _step_grads(joint, joint_optim)
+    assert set(g_two) == set(g_joint)
+    assert all(torch.equal(g_two[k], g_joint[k]) for k in g_two)
+
+
 def test_quantized_model_runs_only_when_needed(tiny_fp_checkpoint):
     model, optim = build_tiny_ddaq(tiny_fp_checkpoint,
                                    loss_weights=dict(dis=0., q_dis=0.))
