@@ -184,95 +184,13 @@ def fake_quantize_cpu(x, scale, zero_point, qmin, qmax):
                                   zero_point.round().float(), qmin, qmax)
 
 
-def _fused_levels(x, grid):
-    """``x`` on a one-element grid ``grid = [1 / scale, scale, lo, hi]``
-    and the straight-through mask, as element-wise code that
-    ``torch.compile`` fuses into one pass (the same arithmetic as
-    :func:`fake_quantize_cpu`: product, round half to even, clamp)."""
-    levels = torch.round(x * grid[0])
-    clamped = torch.clamp(levels, grid[2], grid[3])
-    return clamped * grid[1], (levels == clamped).to(x.dtype)
-
-
-def _fused_out(x, grid):
-    return torch.clamp(torch.round(x * grid[0]), grid[2], grid[3]) * grid[1]
-
-
-class _CompiledKernels:
-    """The fused fake-quantize kernels, compiled on first use.
-
-    If compiling fails (no C++ compiler, an unsupported platform) a warning
-    is printed once and the eager kernels are used from then on.
-    """
-
-    def __init__(self) -> None:
-        self._fns = None
-        self.failed = False
-
-    def get(self):
-        if self._fns is None and not self.failed:
-            self._fns = (torch.compile(_fused_out, dynamic=True),
-                         torch.compile(_fused_levels, dynamic=True))
-        return self._fns
-
-    def fail(self, error: Exception) -> None:
-        import warnings
-        warnings.warn(f'compiled fake quantization is not available '
-                      f'({type(error).__name__}: {error}); using the eager '
-                      'kernels')
-        self.failed, self._fns = True, None
-
-
-_COMPILED = _CompiledKernels()
-
-
-class _FakeQuantizeCompiled(torch.autograd.Function):
-    """One-grid fake quantization by the compiled kernel that also returns
-    the gradient mask."""
-
-    @staticmethod
-    def forward(ctx, x, grid, fused):
-        out, inside = fused(x, grid)
-        ctx.save_for_backward(inside)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        inside, = ctx.saved_tensors
-        return grad * inside, None, None
-
-
-def fake_quantize_cpu_compiled(x, scale, zero_point, qmin, qmax):
-    """:func:`fake_quantize_cpu` with a one-element grid computed by a
-    ``torch.compile`` kernel: one pass over ``x`` instead of four or five
-    (bit for bit the same values and gradient mask). Per-channel grids,
-    and every grid once compiling has failed, take the eager kernel."""
-    fns = _COMPILED.get() if scale.numel() == 1 else None
-    if fns is None:
-        return fake_quantize_cpu(x, scale, zero_point, qmin, qmax)
-    zp = float(round(float(zero_point)))
-    inv = torch.reciprocal(scale.float().reshape(()))
-    grid = torch.stack([inv, scale.float().reshape(()),
-                        inv.new_tensor(qmin - zp), inv.new_tensor(qmax - zp)])
-    try:
-        if x.requires_grad and torch.is_grad_enabled():
-            return _FakeQuantizeCompiled.apply(x, grid, fns[1])
-        return fns[0](x, grid)
-    except Exception as e:  # compile errors surface on the first call
-        _COMPILED.fail(e)
-        return fake_quantize_cpu(x, scale, zero_point, qmin, qmax)
-
-
 #: device type -> fixed-grid fake quantization of float32 tensors
 FIXED_GRID_KERNELS = {'cpu': fake_quantize_cpu}
 
 
-def fake_quantize(x: torch.Tensor,
-                  scale: torch.Tensor,
-                  zero_point: torch.Tensor,
-                  bits: int,
-                  symmetric: bool,
-                  compiled: bool = False) -> torch.Tensor:
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor,
+                  zero_point: torch.Tensor, bits: int,
+                  symmetric: bool) -> torch.Tensor:
     """Quantize and dequantize ``x`` (straight-through rounding).
 
     ``scale`` and ``zero_point`` must broadcast against ``x``. Gradients
@@ -285,9 +203,6 @@ def fake_quantize(x: torch.Tensor,
         zero_point (Tensor): Integer level that represents 0.
         bits (int): Number of bits.
         symmetric (bool): Whether the grid is symmetric around zero.
-        compiled (bool): On CPU, a fixed one-element grid is computed by a
-            ``torch.compile`` kernel (:func:`fake_quantize_cpu_compiled`).
-            Defaults to False.
 
     Returns:
         Tensor: ``x`` rounded to the grid, in real units.
@@ -295,10 +210,6 @@ def fake_quantize(x: torch.Tensor,
     qmin, qmax = quant_range(bits, symmetric)
     zero_point = zero_point.detach()
     if not scale.requires_grad and x.dtype == torch.float32:
-        if compiled and x.device.type == 'cpu' and not (
-                torch.jit.is_tracing() or torch.compiler.is_compiling()):
-            return fake_quantize_cpu_compiled(x, scale, zero_point, qmin,
-                                              qmax)
         kernel = FIXED_GRID_KERNELS.get(x.device.type, fake_quantize_torch)
         return kernel(x, scale, zero_point, qmin, qmax)
     v = x / scale + zero_point

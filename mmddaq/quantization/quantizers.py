@@ -229,11 +229,6 @@ class ActivationQuantizer(nn.Module):
         learnable (bool): Learn the step after freezing. Defaults to False.
         observer (dict, optional): Range estimator (``mmddaq.MSEObserver``,
             ``mmddaq.PercentileObserver``, ...). Defaults to EMA min-max.
-        compiled (bool): On CPU, quantize with a frozen range through a
-            ``torch.compile`` kernel: one fused pass, the same values and
-            gradient (an option: compiling takes seconds to a minute on
-            first use, and falls back to the eager kernel where it fails).
-            Defaults to False.
     """
 
     def __init__(self,
@@ -241,10 +236,8 @@ class ActivationQuantizer(nn.Module):
                  symmetric: bool = False,
                  momentum: float = 0.9,
                  learnable: bool = False,
-                 observer: Optional[dict] = None,
-                 compiled: bool = False) -> None:
+                 observer: Optional[dict] = None) -> None:
         super().__init__()
-        self.compiled = bool(compiled)
         self.bits = check_bits(bits, 'activation bit-width')
         self.symmetric = symmetric
         self.learnable = learnable
@@ -420,15 +413,14 @@ class ActivationQuantizer(nn.Module):
         if shared is None or not torch.is_grad_enabled() or \
                 torch.jit.is_tracing() or torch.compiler.is_compiling():
             return fake_quantize(x, scale, zero_point, self.bits,
-                                 self.symmetric, self.compiled)
+                                 self.symmetric)
         key = (id(x), x._version, x.requires_grad, grid, self.bits,
                self.symmetric)
         hit = shared.get(key)
         # the entry holds ``x``: no other tensor can have taken its id
         if hit is not None and hit[1]._version == hit[2]:
             return hit[1]
-        out = fake_quantize(x, scale, zero_point, self.bits, self.symmetric,
-                            self.compiled)
+        out = fake_quantize(x, scale, zero_point, self.bits, self.symmetric)
         shared[key] = (x, out, out._version)
         return out
 
