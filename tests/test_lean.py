@@ -392,3 +392,34 @@ def test_lean_ops_tool_times_every_generator_block_and_bn_shape():
         assert torch.allclose(a, b, atol=1e-5)
     it = lean_ops.iteration_rows(cfg, repeats=1)
     assert len(it) == 1 and it[0][1] > 0 and it[0][2] > 0
+
+
+def test_iteration_ab_references_compute_what_replaced_them():
+    """tools/iteration_ab.py times the earlier mask and moments: they must
+    compute the same values and gradients as the current ones."""
+    import os.path as osp
+    import sys
+    sys.path.insert(0, osp.join(osp.dirname(osp.dirname(__file__)), 'tools'))
+    import iteration_ab
+    from mmddaq.losses.bns_loss import shifted_moments
+    from mmddaq.quantization.fake_quant import calc_qparams, fake_quantize_cpu
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 5, 5) * 3
+    scale, zp = calc_qparams(x.min() * 0.7, x.max() * 0.6, 4, False)
+    a, b = (x.clone().requires_grad_(True) for _ in range(2))
+    out = fake_quantize_cpu(a, scale, zp, 0, 15)
+    ref = iteration_ab.bool_mask_kernel(b, scale, zp, 0, 15)
+    assert torch.equal(out, ref)
+    ga, = torch.autograd.grad(out.square().sum(), a)
+    gb, = torch.autograd.grad(ref.square().sum(), b)
+    assert torch.equal(ga, gb)
+    shift = torch.randn(3)
+    w = torch.randn(3)
+    a, b = (x.clone().requires_grad_(True) for _ in range(2))
+    m1, v1 = shifted_moments(a, shift)
+    m2, v2 = iteration_ab.autograd_moments(b, shift)
+    assert torch.allclose(m1, m2, atol=1e-5) and torch.allclose(v1, v2,
+                                                                 rtol=1e-5)
+    ga, = torch.autograd.grad(((m1 + v1) * w).sum(), a)
+    gb, = torch.autograd.grad(((m2 + v2) * w).sum(), b)
+    assert torch.allclose(ga, gb, atol=1e-6)
