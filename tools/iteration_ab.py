@@ -74,16 +74,12 @@ def autograd_moments(x, shift):
 def ab_ratios(cfg, repeats: int) -> dict:
     """``{'current': ratio, 'earlier': ratio}`` of one both-updates
     iteration over one FP training step."""
-    import statistics
-    import time
-
-    from mmddaq.apis.cost import _build_ddaq, _calibrated, _fp_step_fn
+    from mmddaq.apis.cost import (_build_ddaq, _calibrated, _fp_step_fn,
+                                  _interleaved_medians)
     from mmddaq.losses import bns_loss
     from mmddaq.quantization import fake_quant
     model, optim, plan = _build_ddaq(cfg)
     _calibrated(model, optim, plan)
-    fp_step = _fp_step_fn(model.fp_model, plan['batch_size'],
-                          model.input_shape)
     ops = dict(current=(fake_quant.FIXED_GRID_KERNELS['cpu'],
                         bns_loss.shifted_moments),
                earlier=(bool_mask_kernel, autograd_moments))
@@ -94,22 +90,15 @@ def ab_ratios(cfg, repeats: int) -> dict:
         bns_loss.shifted_moments = moments
         model.train_step(plan, optim)
 
-    times = {side: [] for side in ops}
-    fp_times = []
+    fns = {side: (lambda side=side: iteration(side)) for side in ops}
+    fns['fp_step'] = _fp_step_fn(model.fp_model, plan['batch_size'],
+                                 model.input_shape)
     try:
-        for i in range(repeats + 2):  # two untimed rounds first
-            for side in ops:
-                start = time.perf_counter()
-                iteration(side)
-                times[side].append(time.perf_counter() - start)
-            start = time.perf_counter()
-            fp_step()
-            fp_times.append(time.perf_counter() - start)
+        times = _interleaved_medians(fns, repeats)
     finally:
         fake_quant.FIXED_GRID_KERNELS['cpu'], bns_loss.shifted_moments = \
             ops['current']
-    fp = statistics.median(fp_times[2:])
-    return {side: statistics.median(t[2:]) / fp for side, t in times.items()}
+    return {side: times[side] / times['fp_step'] for side in ops}
 
 
 def main():
