@@ -125,6 +125,29 @@ def test_derived_methods_share_the_configs_range_source():
     assert real['reconstruction']['focus'] > 0
 
 
+@pytest.mark.parametrize('config', [
+    'ddaq_retinanet_r18-w16_shapes_w4a4.py',
+    'ddaq_faster-rcnn_r18-w16_shapes_w4a4.py',
+    'mixed/ddaq-mixed-w4a4_faster-rcnn_r18-w16_shapes.py',
+    'ddaq_retinanet_r18-w16_frozenbn_w4a4.py',
+    'ddaq_faster-rcnn_r18-w16_frozenbn_w4a4.py',
+])
+def test_detection_configs_calibrate_activations_on_gaussian_samples(
+        config):
+    # on every detector's tune split activation ranges fitted to the
+    # generator's pool scored below Gaussian ones; reconstruction still
+    # runs on the generator's samples, and Genie-style inherits both
+    cfg = load_config(osp.join(ROOT, 'configs', config))
+    for method in ('ddaq', 'genie'):
+        post = [h for h in derive_method(cfg, method).custom_hooks
+                if h['type'].endswith('PostTrainingHook')]
+        assert len(post) == 1, method
+        assert post[0]['calibration_samples'] == dict(
+            type='mmddaq.GaussianSamples'), method
+        assert post[0]['samples'] == dict(type='mmddaq.AlgorithmSamples')
+        assert post[0]['reconstruction'] is not None
+
+
 def test_derive_errors_are_clear():
     with pytest.raises(ValueError, match='unknown method "qat2"'):
         derive_method(load_config(DDAQ_CONFIG), 'qat2')
