@@ -134,7 +134,8 @@ def test_derived_methods_share_the_configs_range_source():
 ])
 def test_detection_configs_calibrate_activations_on_gaussian_samples(
         config):
-    # on every detector's tune split activation ranges fitted to the
+    # on the detectors' tune splits where both were compared (frozen-BN
+    # RetinaNet, shapes Faster R-CNN) activation ranges fitted to the
     # generator's pool scored below Gaussian ones; reconstruction still
     # runs on the generator's samples, and Genie-style inherits both
     cfg = load_config(osp.join(ROOT, 'configs', config))

@@ -60,10 +60,9 @@ custom_hooks = [
 # `custom_hooks = {{_base_.retinanet_custom_hooks}}`): activation ranges
 # from Gaussian samples as above (fitted to the generator's pool they grow
 # too wide for real images, Round 6), a pool of 256 generated samples, 300
-# steps per
-# unit with a constant rounding lr 0.05 and LSQ step lr 1e-3 (Round 10),
-# the reconstruction error focused on the anchors the FP detector scores
-# (focus 0.05, Round 7). Chosen on the frozen-BN RetinaNet's tune split; on
+# steps per unit with a constant rounding lr 0.05 and LSQ step lr 1e-3
+# (Round 10), the reconstruction error focused on the anchors the FP
+# detector scores (focus 0.05, Round 7). Chosen on the frozen-BN RetinaNet's tune split; on
 # the shapes RetinaNet's tune split it scored 0.686 / 0.683 (seeds 0 / 1)
 # against 0.662 / 0.674 for Round 12's `post_training` (ranges from the
 # generator's pool). On the shapes Faster R-CNN's tune split it scored
